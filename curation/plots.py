@@ -1,0 +1,53 @@
+"""Plotly figures for the pages (no streamlit here: pages only draw what these return)."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import plotly.express as px
+import pandas as pd
+
+from curation.mapview import is_categorical
+
+_PALETTE = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
+
+
+def scatter_map(frame: pd.DataFrame, colors: pd.Series, *, title: str = "", point_size: float | None = None) -> go.Figure:
+    """WebGL scatter of ``frame`` (``x``, ``y``, ``id``, ``label``), one trace per category.
+
+    Each point carries its sample id in ``customdata`` so a selection maps back to samples.
+    Point size shrinks with the number of points so 100,000 stay readable.
+    """
+    size = point_size or (7 if len(frame) <= 2_000 else 4 if len(frame) <= 20_000 else 2.5)
+    figure = go.Figure()
+    hover = "%{customdata}<br>%{text}<extra></extra>"
+    if is_categorical(colors):
+        categories = sorted(colors.astype(str).unique())
+        as_text = colors.astype(str)
+        for index, category in enumerate(categories):
+            mask = (as_text == category).to_numpy()
+            part = frame[mask]
+            figure.add_trace(go.Scattergl(
+                x=part["x"], y=part["y"], mode="markers", name=category,
+                marker={"size": size, "color": _PALETTE[index % len(_PALETTE)], "opacity": 0.85},
+                customdata=part["id"], text=part["label"].astype(str), hovertemplate=hover,
+            ))
+    else:
+        figure.add_trace(go.Scattergl(
+            x=frame["x"], y=frame["y"], mode="markers", name=str(colors.name or "value"),
+            marker={"size": size, "color": colors, "colorscale": "Viridis", "showscale": True, "opacity": 0.85},
+            customdata=frame["id"], text=frame["label"].astype(str), hovertemplate=hover,
+        ))
+    figure.update_layout(
+        title=title, height=620, margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+        dragmode="lasso", legend={"itemsizing": "constant"}, plot_bgcolor="white",
+        xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"},
+    )
+    return figure
+
+
+def class_count_bar(counts: dict[str, int], *, title: str = "Samples per class") -> go.Figure:
+    labels = [str(label) if label is not None else "(unlabelled)" for label in counts]
+    figure = go.Figure(go.Bar(x=labels, y=list(counts.values()), marker_color="#3b6ea5"))
+    figure.update_layout(title=title, height=360, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                         xaxis_title="class", yaxis_title="samples")
+    return figure

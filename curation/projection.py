@@ -1,0 +1,154 @@
+"""2-D maps of the embedding space (UMAP) and clusters, cached on disk.
+
+numba compiles UMAP's kernels on first use in every process (~40 s here), so a map is
+computed once per (dataset, embedding field, settings, sample set) and stored as a small
+``.npz`` under the cache directory: an app restart, a new page or another process reads it
+back in milliseconds. ``curation map --dataset NAME`` fills the cache headlessly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from curation.paths import cache_dir
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProjectionConfig:
+    """UMAP settings. ``n_neighbors`` in [5, 50] works well; larger keeps more global shape.
+
+    Embeddings are L2-normalised first, so ``euclidean`` ranks neighbours exactly as cosine
+    does while using UMAP's fastest kernels.
+    """
+
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    metric: str = "euclidean"
+    seed: int = 51
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``method`` is ``kmeans`` (``n_clusters`` groups) or ``hdbscan`` (density; -1 = noise)."""
+
+    method: str = "kmeans"
+    n_clusters: int = 10
+    min_cluster_size: int = 10
+    seed: int = 51
+
+
+CLUSTER_METHODS = ("kmeans", "hdbscan")
+
+
+def normalize_rows(embeddings: np.ndarray) -> np.ndarray:
+    """Unit-length rows; zero and non-finite rows become all-zero rows."""
+    matrix = np.nan_to_num(np.asarray(embeddings, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+
+
+def _fallback_layout(matrix: np.ndarray) -> np.ndarray:
+    """For too few samples for UMAP: PCA to 2-D (padded with zeros)."""
+    centered = matrix - matrix.mean(axis=0, keepdims=True)
+    if len(matrix) < 2 or not np.any(centered):
+        return np.zeros((len(matrix), 2), dtype=np.float32)
+    _, _, components = np.linalg.svd(centered, full_matrices=False)
+    coords = centered @ components[:2].T
+    if coords.shape[1] < 2:
+        coords = np.hstack([coords, np.zeros((len(coords), 2 - coords.shape[1]))])
+    return coords.astype(np.float32)
+
+
+def compute_projection(embeddings: np.ndarray, config: ProjectionConfig = ProjectionConfig()) -> np.ndarray:
+    """(N, D) embeddings -> (N, 2) float32 UMAP coordinates.
+
+    Fewer than 4 samples cannot support a UMAP graph; they get a PCA layout instead.
+    ``n_neighbors`` is clamped to N - 1 for small datasets.
+    """
+    matrix = normalize_rows(embeddings)
+    if len(matrix) < 4:
+        return _fallback_layout(matrix)
+    import umap
+
+    reducer = umap.UMAP(
+        n_components=2,
+        n_neighbors=max(2, min(config.n_neighbors, len(matrix) - 1)),
+        min_dist=config.min_dist,
+        metric=config.metric,
+        random_state=config.seed,
+        n_jobs=1,  # a seed makes UMAP single-threaded anyway; say so and silence its warning
+    )
+    return reducer.fit_transform(matrix).astype(np.float32)
+
+
+def _ids_digest(ids: list[str]) -> str:
+    return hashlib.sha1("\n".join(ids).encode()).hexdigest()
+
+
+def _cache_file(kind: str, dataset_name: str, field: str, config) -> tuple[str, "os.PathLike"]:
+    key = hashlib.sha1(json.dumps([dataset_name, field, dataclasses.asdict(config)], sort_keys=True).encode()).hexdigest()
+    return key, cache_dir() / kind / f"{key}.npz"
+
+
+def cached_projection(dataset_name: str, field: str, ids: list[str], embeddings: np.ndarray,
+                      config: ProjectionConfig = ProjectionConfig()) -> np.ndarray:
+    """:func:`compute_projection`, read from / written to the disk cache.
+
+    The cache entry is valid only for exactly the same sample ids in the same order.
+    """
+    _, path = _cache_file("projections", dataset_name, field, config)
+    digest = _ids_digest(ids)
+    if os.path.exists(path):
+        try:
+            with np.load(path) as stored:
+                if str(stored["ids_digest"]) == digest:
+                    return stored["coords"]
+        except (OSError, KeyError, ValueError) as error:
+            logger.warning("ignoring unreadable projection cache %s: %s", path, error)
+    coords = compute_projection(embeddings, config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npz")
+    np.savez(partial, coords=coords, ids_digest=np.array(digest))
+    os.replace(partial, path)
+    return coords
+
+
+def compute_clusters(embeddings: np.ndarray, config: ClusterConfig = ClusterConfig()) -> np.ndarray:
+    """Cluster ids (N,) for the embeddings; HDBSCAN marks noise with -1.
+
+    Raises:
+        ValueError: unknown method (the message lists the valid ones).
+    """
+    if config.method not in CLUSTER_METHODS:
+        raise ValueError(f"unknown cluster method {config.method!r}. Available: {', '.join(CLUSTER_METHODS)}")
+    matrix = normalize_rows(embeddings)
+    count = len(matrix)
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    if config.method == "kmeans":
+        from sklearn.cluster import MiniBatchKMeans, KMeans
+
+        k = max(1, min(config.n_clusters, count))
+        estimator = (KMeans if count <= 20_000 else MiniBatchKMeans)(n_clusters=k, random_state=config.seed, n_init=3)
+        return estimator.fit_predict(matrix).astype(np.int64)
+    from sklearn.cluster import HDBSCAN
+    from sklearn.decomposition import PCA
+
+    if count < 3:
+        return np.full(count, -1, dtype=np.int64)
+    # Density estimates degrade in hundreds of dimensions; 32 PCA components keep the structure.
+    reduced = PCA(n_components=min(32, count, matrix.shape[1]), random_state=config.seed).fit_transform(matrix)
+    size = max(2, min(config.min_cluster_size, count))
+    return HDBSCAN(min_cluster_size=size).fit_predict(reduced).astype(np.int64)

@@ -1,0 +1,135 @@
+"""What every page shares: session defaults, the sidebar dataset picker, cached loaders.
+
+Only UI glue lives here: every number comes from ``curation``; these wrappers add
+Streamlit caching keyed on the dataset name, its data version and the settings.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import streamlit as st
+
+import curation  # noqa: F401  (environment defaults before fiftyone)
+from curation import datasets as ds
+from curation import mapview
+from curation.embeddings import default_embedding_field
+from curation.projection import ClusterConfig, ProjectionConfig
+
+SESSION_DEFAULTS = {
+    "dataset_name": None,
+    "label_field": None,
+    "embedding_field": None,
+    "selected_ids": [],
+    "data_version": 0,
+    "last_message": None,
+}
+
+
+def init_session() -> None:
+    """Initialise every session key in one place."""
+    for key, value in SESSION_DEFAULTS.items():
+        if key not in st.session_state:
+            st.session_state[key] = list(value) if isinstance(value, list) else value
+
+
+def bump_data_version() -> None:
+    """Call after writing to the dataset so cached tables are read again."""
+    st.session_state["data_version"] += 1
+
+
+@st.cache_resource(show_spinner="Preparing the demo dataset…")
+def ensure_demo() -> str:
+    from curation.importers import DEMO_DATASET, ensure_demo_dataset
+
+    ensure_demo_dataset(DEMO_DATASET)
+    return DEMO_DATASET
+
+
+def dataset_names() -> list[str]:
+    return ds.list_dataset_names()
+
+
+def current_dataset():
+    """The dataset picked in the sidebar, or None (with a message shown) if there is none."""
+    name = st.session_state.get("dataset_name")
+    if not name:
+        st.info("No dataset yet. Import one on the **Data** page, or run `curation import SOURCE --name NAME`.")
+        return None
+    try:
+        return ds.load_dataset(name)
+    except ds.DatasetNotFoundError as error:
+        st.error(str(error))
+        return None
+
+
+def sidebar() -> None:
+    """Dataset, label field and embedding pickers, shared by all pages."""
+    from curation.database import check_database
+
+    status = check_database()
+    if not status.ok:
+        st.error(f"FiftyOne's database is not usable: {status.detail}")
+        st.stop()
+    names = dataset_names()
+    if not names and os.environ.get("CURATION_NO_DEMO") != "1":
+        names = [ensure_demo()]
+    with st.sidebar:
+        st.markdown("### Dataset")
+        if not names:
+            st.caption("No datasets yet.")
+            return
+        preferred = st.session_state["dataset_name"]
+        if preferred not in names:
+            preferred = os.environ.get("CURATION_DATASET") if os.environ.get("CURATION_DATASET") in names else names[0]
+            st.session_state["dataset_name"] = preferred
+        st.selectbox("Dataset", names, key="dataset_name", label_visibility="collapsed")
+        dataset = ds.load_dataset(st.session_state["dataset_name"])
+        fields = ds.label_fields(dataset)
+        if fields:
+            if st.session_state["label_field"] not in fields:
+                st.session_state["label_field"] = ds.default_label_field(dataset)
+            st.selectbox("Label field", fields, key="label_field")
+        else:
+            st.session_state["label_field"] = None
+            st.caption("No classification labels in this dataset.")
+        embedding_fields = [status.field for status in ds.embedding_statuses(dataset)]
+        if embedding_fields:
+            if st.session_state["embedding_field"] not in embedding_fields:
+                st.session_state["embedding_field"] = default_embedding_field(dataset) or embedding_fields[0]
+            st.selectbox("Embeddings", embedding_fields, key="embedding_field")
+        else:
+            st.session_state["embedding_field"] = None
+        selected = len(st.session_state["selected_ids"])
+        if selected:
+            st.caption(f"{selected} samples selected on the map")
+
+
+@st.cache_data(show_spinner="Computing the map (UMAP; the first map in a new server takes ~40 s to compile)…",
+               max_entries=16)
+def projection(name: str, field: str, config: ProjectionConfig, embedded_count: int) -> pd.DataFrame:
+    return mapview.projection_frame(ds.load_dataset(name), field, config)
+
+
+@st.cache_data(show_spinner="Clustering…", max_entries=16)
+def clusters(name: str, field: str, config: ClusterConfig, embedded_count: int) -> pd.Series:
+    return mapview.cluster_labels(ds.load_dataset(name), field, config)
+
+
+def show_thumbnails(table: pd.DataFrame, *, columns: int = 6, limit: int = 60, caption_column: str = "label") -> None:
+    """A grid of cached thumbnails (never the full-size originals)."""
+    from curation.images import thumbnail_path
+
+    rows = table.head(limit)
+    grid = st.columns(columns)
+    for position, row in enumerate(rows.itertuples(index=False)):
+        thumb = thumbnail_path(row.filepath)
+        with grid[position % columns]:
+            caption = str(getattr(row, caption_column) or "")
+            if thumb is None:
+                st.warning(f"cannot show {os.path.basename(row.filepath)}")
+            else:
+                st.image(str(thumb), caption=caption, width="stretch")
+    if len(table) > limit:
+        st.caption(f"Showing {limit} of {len(table)}.")

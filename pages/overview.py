@@ -1,0 +1,59 @@
+"""Overview: size, classes, embedding status and tags of the current dataset."""
+
+import pandas as pd
+import streamlit as st
+
+from curation import datasets as ds
+from curation.embeddings import embedding_failures
+from curation.plots import class_count_bar
+from pages.common import current_dataset
+
+dataset = current_dataset()
+if dataset is None:
+    st.stop()
+
+summary = ds.summarize(dataset, st.session_state["label_field"])
+st.title(f"Overview · {summary.name}")
+
+embedded = summary.embeddings[0] if summary.embeddings else None
+columns = st.columns(4)
+columns[0].metric("Samples", f"{summary.sample_count:,}")
+columns[1].metric("Classes", len([c for c in summary.class_counts if c is not None]) if summary.label_field else "—")
+columns[2].metric("Embedded", f"{embedded.embedded:,} / {embedded.total:,}" if embedded else "not yet")
+columns[3].metric("Tagged samples", f"{sum(summary.tags.values()):,}" if summary.tags else "0")
+
+st.subheader("Embeddings")
+if not summary.embeddings:
+    st.warning("This dataset has no embeddings yet. Compute them on the **Data** page "
+               f"or run `curation embed --dataset {summary.name}`.")
+else:
+    for status in summary.embeddings:
+        line = f"**{status.model}** in field `{status.field}`: {status.embedded:,} of {status.total:,} samples"
+        if status.failed:
+            line += f", {status.failed:,} images could not be read"
+        st.markdown(line + (f" (updated {status.updated_at})" if status.updated_at else ""))
+        if status.fallback_reason:
+            st.info(f"Requested {status.requested_model}: {status.fallback_reason}")
+        failures = embedding_failures(dataset, status.field)
+        if failures:
+            with st.expander(f"{len(failures)} images skipped"):
+                st.dataframe(pd.DataFrame(failures, columns=["filepath", "reason"]), hide_index=True)
+
+st.subheader("Classes")
+if not summary.label_field:
+    st.caption("No classification label field: the dataset is unlabelled.")
+elif not summary.class_counts:
+    st.caption(f"No labels in `{summary.label_field}`.")
+else:
+    st.plotly_chart(class_count_bar(summary.class_counts, title=f"Samples per class ({summary.label_field})"),
+                    width="stretch", key="class_counts")
+    table = pd.DataFrame({"class": [str(c) if c is not None else "(unlabelled)" for c in summary.class_counts],
+                          "samples": list(summary.class_counts.values())})
+    with st.expander("Class counts as a table"):
+        st.dataframe(table, hide_index=True)
+
+st.subheader("Tags")
+if summary.tags:
+    st.dataframe(pd.DataFrame({"tag": list(summary.tags), "samples": list(summary.tags.values())}), hide_index=True)
+else:
+    st.caption("No tags yet: select samples on the **Map** and tag them.")

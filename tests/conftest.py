@@ -1,0 +1,72 @@
+"""Shared fixtures. Every test session gets its own FiftyOne database and caches.
+
+The environment is set at import time, before anything imports fiftyone, so the tests
+never touch the user's datasets (``~/.fiftyone``) or a server named by
+``FIFTYONE_DATABASE_URI``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="curation-tests-"))
+os.environ.pop("FIFTYONE_DATABASE_URI", None)
+os.environ["FIFTYONE_DATABASE_DIR"] = str(_SESSION_DIR / "mongo")
+os.environ["CURATION_CACHE_DIR"] = str(_SESSION_DIR / "cache")
+os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on the hub in tests
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_SOURCE = ROOT / "data" / "fashion-mnist-demo"
+SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_DIR / "cache", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def small_class_tree(tmp_path_factory) -> Path:
+    """A copy of the demo data with 6 images of each of its 10 classes (60 images)."""
+    target = tmp_path_factory.mktemp("small-tree")
+    for class_dir in sorted(p for p in DEMO_SOURCE.iterdir() if p.is_dir()):
+        (target / class_dir.name).mkdir()
+        for image in sorted(class_dir.glob("*.png"))[:6]:
+            shutil.copy(image, target / class_dir.name / image.name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def embedded_dataset(small_class_tree):
+    """A 60-sample labelled FiftyOne dataset embedded with the offline model (real weights)."""
+    from curation.embeddings import compute_embeddings
+    from curation.importers import import_dataset
+    from curation.datasets import load_dataset
+
+    import_dataset(small_class_tree, "test-embedded", format="classes", overwrite=True)
+    dataset = load_dataset("test-embedded")
+    compute_embeddings(dataset, model="efficientnet-lite0-imagenet", num_workers=0)
+    return dataset
+
+
+@pytest.fixture
+def fresh_name(request) -> str:
+    """A dataset name unique to the test, deleted afterwards."""
+    import re
+
+    name = "t-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:60]
+    yield name
+    import fiftyone as fo
+
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
