@@ -64,6 +64,20 @@ def current_dataset():
         return None
 
 
+def _pick(label: str, options: list[str], state_key: str, default: str | None) -> str:
+    """A sidebar selectbox whose choice lives in ``st.session_state[state_key]``.
+
+    The widget itself is keyless: Streamlit drops a keyed widget's state on any run that does
+    not draw it, and the persistent choice must survive page switches and tests.
+    """
+    current = st.session_state.get(state_key)
+    if current not in options:
+        current = default if default in options else options[0]
+    choice = st.selectbox(label, options, index=options.index(current))
+    st.session_state[state_key] = choice
+    return choice
+
+
 def sidebar() -> None:
     """Dataset, label field and embedding pickers, shared by all pages."""
     from curation.database import check_database
@@ -79,26 +93,19 @@ def sidebar() -> None:
         st.markdown("### Dataset")
         if not names:
             st.caption("No datasets yet.")
+            st.session_state["dataset_name"] = None
             return
-        preferred = st.session_state["dataset_name"]
-        if preferred not in names:
-            preferred = os.environ.get("CURATION_DATASET") if os.environ.get("CURATION_DATASET") in names else names[0]
-            st.session_state["dataset_name"] = preferred
-        st.selectbox("Dataset", names, key="dataset_name", label_visibility="collapsed")
-        dataset = ds.load_dataset(st.session_state["dataset_name"])
+        name = _pick("Dataset", names, "dataset_name", os.environ.get("CURATION_DATASET"))
+        dataset = ds.load_dataset(name)
         fields = ds.label_fields(dataset)
         if fields:
-            if st.session_state["label_field"] not in fields:
-                st.session_state["label_field"] = ds.default_label_field(dataset)
-            st.selectbox("Label field", fields, key="label_field")
+            _pick("Label field", fields, "label_field", ds.default_label_field(dataset))
         else:
             st.session_state["label_field"] = None
             st.caption("No classification labels in this dataset.")
         embedding_fields = [status.field for status in ds.embedding_statuses(dataset)]
         if embedding_fields:
-            if st.session_state["embedding_field"] not in embedding_fields:
-                st.session_state["embedding_field"] = default_embedding_field(dataset) or embedding_fields[0]
-            st.selectbox("Embeddings", embedding_fields, key="embedding_field")
+            _pick("Embeddings", embedding_fields, "embedding_field", default_embedding_field(dataset))
         else:
             st.session_state["embedding_field"] = None
         selected = len(st.session_state["selected_ids"])

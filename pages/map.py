@@ -50,12 +50,11 @@ if not selected:
     st.caption("Nothing selected yet.")
     st.stop()
 
-with st.form("tag_selection", clear_on_submit=False):
-    tag_columns = st.columns([3, 1, 1, 1])
-    tag = tag_columns[0].text_input("Tag", value="relabel", key="tag_name")
-    add = tag_columns[1].form_submit_button("Add tag", type="primary")
-    remove = tag_columns[2].form_submit_button("Remove tag")
-    clear = tag_columns[3].form_submit_button("Clear selection")
+tag_columns = st.columns([3, 1, 1, 1], vertical_alignment="bottom")
+tag = tag_columns[0].text_input("Tag", value="relabel", key="tag_name")
+add = tag_columns[1].button("Add tag", type="primary", width="stretch")
+remove = tag_columns[2].button("Remove tag", width="stretch")
+clear = tag_columns[3].button("Clear selection", width="stretch")
 if add or remove:
     try:
         count = (ds.tag_samples if add else ds.untag_samples)(dataset, selected, tag)
@@ -66,6 +65,7 @@ if add or remove:
         st.success(f"{'Tagged' if add else 'Untagged'} {count} samples with '{tag.strip()}' (saved in the dataset).")
 if clear:
     st.session_state["selected_ids"] = []
+    st.session_state.pop("map_chart", None)  # forget the chart's own lasso too
     st.rerun()
 
 table = mapview.selection_table(dataset, selected, st.session_state["label_field"])

@@ -1,0 +1,122 @@
+"""AppTests: every page runs on a small real dataset and shows what it should."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+@pytest.fixture
+def app(embedded_dataset, monkeypatch):
+    monkeypatch.setenv("CURATION_DATASET", embedded_dataset.name)
+    monkeypatch.setenv("CURATION_NO_DEMO", "1")
+
+    def make(page: str | None = None) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=180)
+        at.run()
+        if page:
+            at.switch_page(page)
+            at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    return make
+
+
+def _metrics(at: AppTest) -> dict[str, str]:
+    return {metric.label: metric.value for metric in at.metric}
+
+
+def test_overview_shows_counts_classes_and_embedding_model(app, embedded_dataset):
+    at = app()
+    assert at.title[0].value == f"Overview · {embedded_dataset.name}"
+    metrics = _metrics(at)
+    assert metrics["Samples"] == "60"
+    assert metrics["Classes"] == "10"
+    assert metrics["Embedded"] == "60 / 60"
+    markdown = " ".join(m.value for m in at.markdown)
+    assert "efficientnet-lite0-imagenet" in markdown and "embeddings_efficientnet_lite0_imagenet" in markdown
+    assert at.sidebar.selectbox[0].value == embedded_dataset.name
+    assert at.sidebar.selectbox[1].value == "ground_truth"
+    assert at.session_state["dataset_name"] == embedded_dataset.name
+
+
+def test_map_page_draws_every_embedded_sample(app):
+    at = app("pages/map.py")
+    assert at.title[0].value.startswith("Map · ")
+    assert any(caption.value.startswith("60 samples.") for caption in at.caption)
+    assert "Nothing selected yet." in [caption.value for caption in at.caption]
+    colour_options = at.selectbox(key="map_color_by").options
+    assert colour_options[:4] == ["label", "cluster (k-means)", "cluster (HDBSCAN)", "tags"]
+
+
+def test_map_colour_by_kmeans_runs(app):
+    at = app("pages/map.py")
+    at.selectbox(key="map_color_by").select("cluster (k-means)").run()
+    assert not at.exception
+    assert not at.number_input(key="map_n_clusters").disabled
+
+
+def test_map_selection_is_shown_and_tagged_into_the_dataset(app, embedded_dataset):
+    at = app("pages/map.py")
+    chosen = embedded_dataset.take(4, seed=3).values("id")
+    at.session_state["selected_ids"] = chosen
+    at.run()
+    assert [h.value for h in at.subheader if h.value.startswith("Selection")] == ["Selection (4 samples)"]
+    assert len(at.get("image")) == 4  # one cached thumbnail per selected sample
+    at.text_input(key="tag_name").set_value("needs-review")
+    [button for button in at.button if button.label == "Add tag"][0].click().run()
+    assert not at.exception
+    assert any("Tagged 4 samples with 'needs-review'" in s.value for s in at.success)
+    embedded_dataset.reload()
+    assert embedded_dataset.count_sample_tags().get("needs-review") == 4
+    assert sorted(embedded_dataset.match_tags("needs-review").values("id")) == sorted(chosen)
+    embedded_dataset.untag_samples("needs-review")
+
+
+def test_data_page_reports_a_missing_source_by_name(app, tmp_path):
+    at = app("pages/data.py")
+    missing = tmp_path / "no-such-folder"
+    at.text_input[0].set_value(str(missing))
+    at.text_input[1].set_value("t-missing")
+    at.button[0].click().run()
+    assert any(str(missing) in e.value and "no such file" in e.value for e in at.error)
+
+
+def test_data_page_imports_and_embeds_with_per_file_failures(app, small_class_tree, tmp_path):
+    import shutil
+    import fiftyone as fo
+
+    source = tmp_path / "tree"
+    shutil.copytree(small_class_tree / "bag", source / "bag")
+    shutil.copytree(small_class_tree / "trouser", source / "trouser")
+    (source / "bag" / "broken.png").write_bytes(b"")
+    at = app("pages/data.py")
+    at.text_input[0].set_value(str(source))
+    at.text_input[1].set_value("t-app-import")
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("Imported 13 samples as **t-app-import**" in s.value for s in at.success)
+    assert at.session_state["dataset_name"] == "t-app-import"
+    at.selectbox[-2].select("efficientnet-lite0-imagenet")
+    [button for button in at.button if button.label == "Compute embeddings"][0].click().run()
+    assert not at.exception
+    assert any("Embedded 12 new samples" in s.value and "1 skipped" in s.value for s in at.success)
+    failures = at.dataframe[-1].value
+    assert list(failures["reason"]) == ["empty file (0 bytes)"]
+    fo.delete_dataset("t-app-import")
+
+
+def test_pages_say_so_when_the_database_is_unusable(app, monkeypatch):
+    from curation import database
+
+    monkeypatch.setattr(database, "check_database",
+                        lambda: database.DatabaseStatus(False, "uri", "cannot reach the MongoDB at FIFTYONE_DATABASE_URI='mongodb://x'"))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert any("database is not usable" in e.value and "mongodb://x" in e.value for e in at.error)
+
