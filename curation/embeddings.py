@@ -100,7 +100,7 @@ def _encode_adaptive(embedder: Embedder, batch) -> np.ndarray:
 def compute_embeddings(
     dataset,
     *,
-    model: str | ModelSpec = DEFAULT_MODEL,
+    model: str | ModelSpec | None = None,
     checkpoint: str | None = None,
     device: str = "auto",
     batch_size: int | None = None,
@@ -114,14 +114,16 @@ def compute_embeddings(
 
     Args:
         dataset: a FiftyOne dataset (or view: only its samples are embedded).
-        model: registry name (see ``curation.models.MODEL_REGISTRY``) or a spec.
+        model: registry name (see ``curation.models.MODEL_REGISTRY``) or a spec; default
+            the model of ``embedder`` when one is given, else ``DEFAULT_MODEL``.
         checkpoint: local weights file for the model (air-gapped use).
         device: ``auto`` (cuda, then cpu), ``cpu`` or ``cuda[:N]``.
         batch_size: images per forward pass; default 256 on GPU (halved on OOM), 32 on CPU.
         num_workers: DataLoader decode workers; default all cores (GPU) or 1 (CPU).
         allow_fallback: use the offline model when the CLIP weights cannot be had.
         retry_failed: also retry samples whose image failed to decode before.
-        embedder: an already loaded model (skips loading).
+        embedder: an already loaded model (skips loading); it must be the model asked for
+            (or what :func:`~curation.models.load_embedder` fell back to for it).
         progress: called with (done, total) after each batch.
 
     Returns:
@@ -130,8 +132,16 @@ def compute_embeddings(
     import torch
     from torch.utils.data import DataLoader
 
-    spec = model if isinstance(model, ModelSpec) else resolve_model(model, checkpoint)
-    embedder = embedder or load_embedder(spec, device=device, allow_fallback=allow_fallback)
+    # The run records what was asked for; for a ready embedder, what it was loaded for.
+    loaded_for = getattr(embedder, "requested_spec", None) or getattr(embedder, "spec", None)
+    if model is None and embedder is not None:
+        spec = loaded_for
+    else:
+        spec = model if isinstance(model, ModelSpec) else resolve_model(model or DEFAULT_MODEL, checkpoint)
+    if embedder is None:
+        embedder = load_embedder(spec, device=device, allow_fallback=allow_fallback)
+    elif spec not in (embedder.spec, loaded_for):
+        raise ValueError(f"embedder: expected a loaded {spec.name!r} (model=), got {embedder.spec.name!r}")
     used = embedder.spec
     field_name, error_field = used.field_name, f"{used.field_name}_error"
     root = dataset._root_dataset if hasattr(dataset, "_root_dataset") else dataset
@@ -166,29 +176,37 @@ def compute_embeddings(
     def flush() -> None:
         if vectors:
             root.set_values(field_name, dict(vectors), key_field="id")
+            if retry_failed and root.has_sample_field(error_field):
+                # A retried sample that now has an embedding no longer carries its old failure.
+                root.set_values(error_field, dict.fromkeys(vectors, None), key_field="id")
             vectors.clear()
         if errors:
             root.set_values(error_field, dict(errors), key_field="id")
             errors.clear()
 
-    for indices, batch, bad in loader:
-        for index, reason in bad:
-            errors[ids[index]] = reason
-            run.failures.append((filepaths[index], reason))
-        if batch is not None:
-            encoded = _encode_adaptive(embedder, batch)
-            for index, vector in zip(indices, encoded):
-                vectors[ids[index]] = vector
-            run.embedded += len(indices)
-        done += len(indices) + len(bad)
-        if len(vectors) + len(errors) >= WRITE_EVERY:
+    try:
+        for indices, batch, bad in loader:
+            for index, reason in bad:
+                errors[ids[index]] = reason
+                run.failures.append((filepaths[index], reason))
+            if batch is not None:
+                encoded = _encode_adaptive(embedder, batch)
+                for index, vector in zip(indices, encoded):
+                    vectors[ids[index]] = vector
+                run.embedded += len(indices)
+            done += len(indices) + len(bad)
+            if len(vectors) + len(errors) >= WRITE_EVERY:
+                flush()
+            if progress:
+                progress(done, len(ids))
+    except BaseException:
+        # Interrupted (Ctrl-C, a failing batch): keep what is already computed, then stop.
+        try:
             flush()
-        if progress:
-            progress(done, len(ids))
+        except Exception:
+            logger.exception("could not save the embeddings computed before the interruption")
+        raise
     flush()
-    if retry_failed and root.has_sample_field(error_field):
-        # Samples that now have an embedding no longer carry an old failure.
-        root.exists(field_name).exists(error_field).set_field(error_field, None).save()
     _record_run(root, run, used, spec)
     return run
 

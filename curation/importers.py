@@ -2,19 +2,21 @@
 
 Formats (``--format``): ``auto`` (default: detected from the files), ``classes`` (one folder
 per class), ``images`` (unlabelled image folder, searched recursively), ``coco``,
-``yolo`` (YOLOv5 layout with ``dataset.yaml``), ``yolov4``, ``cvat``, ``fiftyone`` (a
-FiftyOne dataset directory) and ``csv`` (a filepath column and a label column). The
-FiftyOne formats use FiftyOne's own importers.
+``yolo`` (YOLOv5 layout with ``dataset.yaml``; every split it names is imported and
+tagged), ``yolov4``, ``cvat`` (FiftyOne's ``labels.xml`` + ``data/`` or CVAT's own
+``annotations.xml`` + ``images/``), ``fiftyone`` (a FiftyOne dataset directory) and ``csv``
+(a filepath column and a label column). The detection formats use FiftyOne's own importers.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import curation  # noqa: F401
-from curation.datasets import DEFAULT_LABEL_FIELD, _fo, update_curation_info, now_iso
+from curation.datasets import DEFAULT_LABEL_FIELD, STAGING_MARKER, _fo, now_iso, update_curation_info
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 FORMATS = ("auto", "classes", "images", "coco", "yolo", "yolov4", "cvat", "fiftyone", "csv")
@@ -118,6 +120,39 @@ def _from_csv(fo, source: Path, name: str, label_field: str, filepath_column: st
     return dataset
 
 
+UNLABELLED_FOLDER = "_unlabeled"  # FiftyOne's name for the class folder of unlabelled images
+
+
+def _from_class_tree(fo, source: Path, name: str, label_field: str, report: ImportReport):
+    """One folder per class, images at any depth below it.
+
+    Written here rather than with FiftyOne's tree importer, which takes every file and stops
+    at the first ``notes.txt`` or ``Thumbs.db`` with a media-type error.
+    """
+    samples, skipped, classes = [], [], set()
+    for class_dir in sorted(path for path in source.iterdir() if path.is_dir() and not path.name.startswith(".")):
+        label = None if class_dir.name == UNLABELLED_FOLDER else class_dir.name
+        for path in sorted(class_dir.rglob("*")):
+            relative = path.relative_to(class_dir)
+            if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+                continue
+            if not _is_image(path):
+                skipped.append(str(path.relative_to(source)))
+                continue
+            sample = fo.Sample(filepath=str(path))
+            if label is not None:
+                sample[label_field] = fo.Classification(label=label)
+                classes.add(label)
+            samples.append(sample)
+    if skipped:
+        examples = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        report.warnings.append(f"skipped {len(skipped)} file(s) without an image extension ({examples})")
+    dataset = fo.Dataset(name, persistent=True)
+    dataset.add_samples(samples)
+    dataset.default_classes = sorted(classes)
+    return dataset
+
+
 def _first_existing(source: Path, names: tuple[str, ...]) -> str | None:
     return next((name for name in names if (source / name).exists()), None)
 
@@ -164,7 +199,6 @@ def _import_into(fo, chosen: str, source: Path, name: str, label_field: str, rep
                  csv_filepath_column: str, csv_label_column: str):
     types = fo.types
     fo_types = {
-        "classes": types.ImageClassificationDirectoryTree,
         "coco": types.COCODetectionDataset,
         "yolo": types.YOLOv5Dataset,
         "yolov4": types.YOLOv4Dataset,
@@ -173,6 +207,8 @@ def _import_into(fo, chosen: str, source: Path, name: str, label_field: str, rep
     }
     if chosen == "csv":
         return _from_csv(fo, source, name, label_field, csv_filepath_column, csv_label_column, report)
+    if chosen == "classes":
+        return _from_class_tree(fo, source, name, label_field, report)
     if chosen == "images":
         return fo.Dataset.from_dir(dataset_dir=str(source), dataset_type=types.ImageDirectory,
                                    name=name, persistent=True, recursive=True)
@@ -183,14 +219,7 @@ def _import_into(fo, chosen: str, source: Path, name: str, label_field: str, rep
         for split in _yolo_splits(source):
             dataset.add_dir(dataset_dir=str(source), dataset_type=fo_types[chosen], split=split, tags=[split], **kwargs)
         return dataset
-    dataset = fo.Dataset.from_dir(dataset_dir=str(source), dataset_type=fo_types[chosen], name=name, persistent=True, **kwargs)
-    if chosen == "classes":
-        # The tree importer takes every file; notes and thumbnails databases are not samples.
-        others = [sample_id for sample_id, path in zip(*dataset.values(["id", "filepath"])) if not _is_image(Path(path))]
-        if others:
-            dataset.delete_samples(others)
-            report.warnings.append(f"skipped {len(others)} file(s) without an image extension ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return dataset
+    return fo.Dataset.from_dir(dataset_dir=str(source), dataset_type=fo_types[chosen], name=name, persistent=True, **kwargs)
 
 
 def import_dataset(
@@ -224,8 +253,6 @@ def import_dataset(
         ImportError_: unknown format, unreadable source, or a dataset of that name exists
             and ``overwrite`` is False.
     """
-    import uuid
-
     fo = _fo()
     source = Path(source).expanduser().resolve()
     if format not in FORMATS:
@@ -236,7 +263,7 @@ def import_dataset(
     if fo.dataset_exists(name) and not overwrite:
         raise ImportError_(f"a dataset named {name!r} already exists; choose another --name or pass --overwrite")
     report = ImportReport(name=name, format=chosen, source=str(source), samples=0, label_field=label_field)
-    staging = f"{name}.importing-{uuid.uuid4().hex[:8]}"
+    staging = f"{name}{STAGING_MARKER}{uuid.uuid4().hex[:8]}"
     try:
         dataset = _import_into(fo, chosen, source, staging, label_field, report, csv_filepath_column, csv_label_column)
     except BaseException as error:  # Ctrl-C too: never leave a half-imported staging dataset

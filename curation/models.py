@@ -104,13 +104,25 @@ def register_model(spec: ModelSpec) -> None:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``auto`` picks ``cuda`` when a GPU is usable, else ``cpu``."""
+    """``auto`` picks ``cuda`` when a GPU is usable, else ``cpu``.
+
+    Raises:
+        ValueError: ``device`` is not a device name torch knows (``cpu``, ``cuda``, ``cuda:1``).
+        ModelUnavailableError: a CUDA device was asked for and none is usable.
+    """
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from error
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelUnavailableError(f"device {device!r} requested but no CUDA GPU is available (use --device cpu)")
+    index = torch.device(device).index
+    if device.startswith("cuda") and index is not None and index >= torch.cuda.device_count():
+        raise ModelUnavailableError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
     return device
 
 
@@ -164,11 +176,14 @@ class Embedder:
         dimension: length of each embedding.
         preprocess: PIL RGB image -> float tensor (C, H, W); picklable for DataLoader workers.
         fallback_reason: why this model replaced the requested one, or None.
+        requested_spec: the model that was asked for (``spec`` unless it fell back).
     """
 
     def __init__(self, spec: ModelSpec, device: str, module: Any, preprocess: Callable, dimension: int,
-                 encode_image: Callable, encode_text: Callable | None = None, fallback_reason: str | None = None):
+                 encode_image: Callable, encode_text: Callable | None = None, fallback_reason: str | None = None,
+                 requested_spec: ModelSpec | None = None):
         self.spec = spec
+        self.requested_spec = requested_spec or spec
         self.device = device
         self.module = module
         self.preprocess = preprocess
@@ -293,6 +308,7 @@ def load_embedder(spec: ModelSpec | str = DEFAULT_MODEL, *, device: str = "auto"
             logger.warning(message)
             embedder = _load_efficientnet_lite(fallback, device)
             embedder.fallback_reason = message
+            embedder.requested_spec = spec
             return embedder
     try:
         loader = _LOADERS[spec.family]

@@ -70,3 +70,62 @@ def fresh_name(request) -> str:
 
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
+
+
+# FiftyOne finds its database service by command line ("--51-service db --multi"), not by
+# FIFTYONE_DATABASE_DIR: while any other FiftyOne process of this user runs (the app, another
+# test session), this session attaches to that process's mongod and would read and overwrite
+# its datasets. A database name of this session's own keeps the datasets apart in any mongod.
+os.environ["FIFTYONE_DATABASE_NAME"] = _SESSION_DIR.name  # "curation-tests-XXXXXXXX"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_session_database():
+    """Drop this session's database at the end, in case it lives in another process's mongod."""
+    yield
+    import sys
+
+    database = sys.modules.get("fiftyone.core.odm.database")
+    if database is not None and database._client is not None:
+        database.drop_database()
+
+
+@pytest.fixture(scope="session")
+def offline_embedder():
+    """EfficientNet-Lite0 with its real ImageNet weights on the CPU (they ship in a package)."""
+    from curation.models import load_embedder
+
+    return load_embedder("efficientnet-lite0-imagenet", device="cpu")
+
+
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A random-weight 32-d open_clip model saved as a local checkpoint, registered as
+    ``tiny-clip-test``. Returns ``(checkpoint_path, reference_model)``; the reference is the
+    torch module whose weights were saved, in eval mode."""
+    import json
+
+    import open_clip
+    import torch
+
+    from curation.models import MODEL_REGISTRY, ModelSpec, register_model
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    (folder / "configs").mkdir()
+    (folder / "configs" / "curation-tiny-clip.json").write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(folder / "configs")
+    torch.manual_seed(0)
+    model = open_clip.create_model("curation-tiny-clip")
+    checkpoint = folder / "tiny-clip.pt"
+    torch.save(model.state_dict(), checkpoint)
+    register_model(ModelSpec(name="tiny-clip-test", family="open_clip", architecture="curation-tiny-clip", pretrained=None,
+                             description="random 32-d CLIP for tests"))
+    yield checkpoint, model.eval()
+    MODEL_REGISTRY.pop("tiny-clip-test", None)
