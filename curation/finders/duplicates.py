@@ -1,0 +1,190 @@
+"""Exact and near duplicates, and leakage between splits.
+
+Exact duplicates share decoded pixels (a hash of the RGB array, so the same image saved as
+PNG and as lossless WebP still matches) or the same file bytes. Near duplicates are pairs
+whose embeddings' cosine similarity reaches a threshold; they are grouped around centres
+("star" grouping): a sample joins a group only if it is directly similar to the group's
+centre, so long chains of pairwise-similar images never merge unrelated ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from curation.finders.base import FinderContext, FinderInputError, FinderResult
+from curation.images import ImageLoadError, image_info, load_rgb
+
+DEFAULT_THRESHOLD = 0.95
+
+
+@dataclass(frozen=True)
+class DuplicateConfig:
+    """``threshold``: cosine similarity at or above which two images are near duplicates.
+
+    It depends on the model; :func:`curation.finders.calibration.calibrate_threshold`
+    chooses it on the dataset itself. Values in [0.90, 0.98] are typical for CLIP ViT-B/32.
+    """
+
+    threshold: float = DEFAULT_THRESHOLD
+
+
+def file_digest(path: str | os.PathLike) -> str | None:
+    """SHA-256 of the file's bytes, or None if unreadable."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def pixel_digest(path: str | os.PathLike) -> str | None:
+    """BLAKE2 hash of the decoded, upright RGB pixels and the size, or None if undecodable."""
+    try:
+        image = load_rgb(path)
+    except ImageLoadError:
+        return None
+    array = np.asarray(image, dtype=np.uint8)
+    return hashlib.blake2b(array.tobytes() + str(array.shape).encode(), digest_size=16).hexdigest()
+
+
+def exact_duplicate_groups(digests: list[str | None]) -> np.ndarray:
+    """Group number per sample (-1 when the digest is unique or missing), numbered by first occurrence."""
+    groups = np.full(len(digests), -1, dtype=np.int64)
+    seen: dict[str, list[int]] = {}
+    for index, digest in enumerate(digests):
+        if digest is not None:
+            seen.setdefault(digest, []).append(index)
+    next_group = 0
+    for members in seen.values():
+        if len(members) > 1:
+            groups[members] = next_group
+            next_group += 1
+    return groups
+
+
+def near_duplicate_groups(indices: np.ndarray, similarities: np.ndarray, threshold: float) -> np.ndarray:
+    """Star grouping of the neighbour graph: group id per row, -1 when the row has no duplicate.
+
+    Centres are taken in order of how many near duplicates they have (ties: row order), and
+    claim their unassigned neighbours at or above ``threshold``. Every member is therefore
+    directly similar to its centre, whatever the chain of pairs between members.
+    """
+    count = len(indices)
+    hits = (similarities >= threshold) & (indices >= 0)
+    degree = hits.sum(axis=1)
+    groups = np.full(count, -1, dtype=np.int64)
+    next_group = 0
+    for centre in np.argsort(-degree, kind="stable"):
+        if degree[centre] == 0 or groups[centre] >= 0:
+            continue
+        members = [int(j) for j in indices[centre][hits[centre]] if groups[j] < 0]
+        if not members:
+            continue
+        groups[centre] = next_group
+        groups[members] = next_group
+        next_group += 1
+    return groups
+
+
+def suggest_keepers(groups: np.ndarray, filepaths: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    """True for the sample to keep in each group: labelled first, then most pixels, then largest file."""
+    keep = np.zeros(len(groups), dtype=bool)
+    for group in np.unique(groups[groups >= 0]):
+        members = np.flatnonzero(groups == group)
+
+        def rank(index: int):
+            size = image_info(filepaths[index]) or (0, 0)
+            try:
+                nbytes = os.path.getsize(filepaths[index])
+            except OSError:
+                nbytes = 0
+            labelled = labels is not None and labels[index] is not None
+            return (labelled, size[0] * size[1], nbytes, -index)
+
+        keep[max(members, key=rank)] = True
+    return keep
+
+
+def find_duplicates(context: FinderContext, config: DuplicateConfig = DuplicateConfig(),
+                    *, pixel_digests: list[str | None] | None = None) -> FinderResult:
+    """Near-duplicate groups from the neighbour graph, plus exact (pixel-identical) groups.
+
+    Columns: ``score`` (similarity to the most similar other sample, clipped to [0, 1]),
+    ``is_issue`` (in a group and not its suggested keeper), ``near_duplicate_group``,
+    ``exact_duplicate_group``, ``keep``, ``nearest_neighbor_id``, ``nearest_neighbor_similarity``.
+    """
+    if not 0 < config.threshold <= 1:
+        raise FinderInputError(f"duplicate threshold: expected a cosine similarity in (0, 1], got {config.threshold}")
+    count = len(context)
+    if context.neighbor_indices.shape[0] != count:
+        raise FinderInputError(f"neighbour graph has {context.neighbor_indices.shape[0]} rows for {count} samples")
+    near = near_duplicate_groups(context.neighbor_indices, context.neighbor_similarities, config.threshold)
+    exact = exact_duplicate_groups(pixel_digests) if pixel_digests is not None else np.full(count, -1)
+    # Exact copies are near duplicates too: fold each exact group into one near group.
+    offset = near.max() + 1 if count else 0
+    for group in np.unique(exact[exact >= 0]):
+        members = np.flatnonzero(exact == group)
+        existing = near[members][near[members] >= 0]
+        near[members] = existing[0] if existing.size else offset + group
+    keep = suggest_keepers(near, context.filepaths, context.labels)
+    has_neighbor = context.neighbor_indices[:, 0] >= 0 if count and context.neighbor_indices.shape[1] else np.zeros(count, bool)
+    nearest = np.where(has_neighbor, context.neighbor_indices[:, 0] if count and context.neighbor_indices.shape[1] else -1, -1)
+    nearest_similarity = np.where(has_neighbor, context.neighbor_similarities[:, 0] if has_neighbor.size else 0, np.nan)
+    table = pd.DataFrame({
+        "score": np.clip(np.nan_to_num(nearest_similarity, nan=0.0), 0, 1),
+        "is_issue": (near >= 0) & ~keep,
+        "near_duplicate_group": near,
+        "exact_duplicate_group": exact,
+        "keep": keep | (near < 0),
+        "nearest_neighbor_id": [context.ids[j] if j >= 0 else None for j in nearest],
+        "nearest_neighbor_similarity": nearest_similarity.astype(float),
+    }, index=pd.Index(context.ids, name="id"))
+    groups = int(len(np.unique(near[near >= 0])))
+    in_groups = int((near >= 0).sum())
+    exact_groups = int(len(np.unique(exact[exact >= 0])))
+    summary = (f"{groups} near-duplicate groups ({in_groups} samples, {int(table['is_issue'].sum())} suggested for removal) "
+               f"at similarity >= {config.threshold:.3f}; {exact_groups} exact-duplicate groups")
+    return FinderResult("duplicates", table, summary, {"config": asdict(config), "groups": groups})
+
+
+def find_leaks(context: FinderContext, config: DuplicateConfig = DuplicateConfig()) -> FinderResult:
+    """Near duplicates that sit in different splits (the same image in train and test).
+
+    Columns: ``score`` (similarity of the most similar sample in another split, 0 if none
+    reaches the threshold), ``is_issue``, ``leak_id``, ``leak_similarity``, ``leak_split``.
+    """
+    if context.splits is None:
+        raise FinderInputError("leakage needs splits: expected a split field or train/val/test tags, found neither")
+    count = len(context)
+    leak_row = np.full(count, -1, dtype=np.int64)
+    leak_similarity = np.full(count, np.nan)
+    for row in range(count):
+        own = context.splits[row]
+        if own is None:
+            continue
+        for j, similarity in zip(context.neighbor_indices[row], context.neighbor_similarities[row]):
+            if j < 0 or similarity < config.threshold:
+                break
+            other = context.splits[j]
+            if other is not None and other != own:
+                leak_row[row], leak_similarity[row] = j, similarity
+                break
+    is_issue = leak_row >= 0
+    table = pd.DataFrame({
+        "score": np.where(is_issue, np.clip(np.nan_to_num(leak_similarity), 0, 1), 0.0),
+        "is_issue": is_issue,
+        "leak_id": [context.ids[j] if j >= 0 else None for j in leak_row],
+        "leak_similarity": leak_similarity,
+        "leak_split": [context.splits[j] if j >= 0 else None for j in leak_row],
+    }, index=pd.Index(context.ids, name="id"))
+    pairs = {tuple(sorted((row, int(j)))) for row, j in enumerate(leak_row) if j >= 0}
+    summary = f"{len(pairs)} cross-split near-duplicate pairs ({int(is_issue.sum())} samples) at similarity >= {config.threshold:.3f}"
+    return FinderResult("leakage", table, summary, {"config": asdict(config), "pairs": len(pairs)})
