@@ -51,3 +51,16 @@ def class_count_bar(counts: dict[str, int], *, title: str = "Samples per class")
     figure.update_layout(title=title, height=360, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                          xaxis_title="class", yaxis_title="samples")
     return figure
+
+
+def precision_recall_figure(curve: dict | pd.DataFrame, chosen_threshold: float) -> go.Figure:
+    """Precision and recall against the threshold, with the chosen threshold marked."""
+    curve = pd.DataFrame(curve)
+    figure = go.Figure([
+        go.Scatter(x=curve["threshold"], y=curve["precision"], name="precision", mode="lines"),
+        go.Scatter(x=curve["threshold"], y=curve["recall"], name="recall", mode="lines"),
+    ])
+    figure.add_vline(x=chosen_threshold, line_dash="dash", annotation_text=f"{chosen_threshold:.3f}")
+    figure.update_layout(height=300, margin={"l": 10, "r": 10, "t": 20, "b": 10},
+                         xaxis_title="similarity threshold", yaxis_range=[0, 1.02])
+    return figure

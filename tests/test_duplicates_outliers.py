@@ -132,3 +132,26 @@ def test_tiny_datasets_give_results_not_tracebacks(count):
     assert len(find_duplicates(context).table) == count
     assert len(find_leaks(context).table) == count
     assert len(find_outliers(context).table) == count
+
+
+def test_group_members_lists_each_group_keeper_first():
+    from curation.finders.duplicates import group_members
+
+    context = make_context(_with_copies())
+    result = find_duplicates(context, DuplicateConfig(threshold=0.95))
+    members = group_members(result, context)
+    assert len(members) == 6 and members["group"].nunique() == 3
+    for _, rows in members.groupby("group"):
+        assert rows.iloc[0]["keep"] and rows.iloc[0]["similarity"] == pytest.approx(1.0)
+        assert rows.iloc[1]["similarity"] > 0.95
+
+
+def test_leak_pairs_lists_each_pair_once():
+    from curation.finders.duplicates import leak_pairs
+
+    vectors = _with_copies()
+    context = make_context(vectors, splits=["train"] * 20 + ["test", "test", "val"], labels=["x"] * 23)
+    pairs = leak_pairs(find_leaks(context, DuplicateConfig(threshold=0.95)), context)
+    assert len(pairs) == 3
+    assert set(zip(pairs["a_id"], pairs["b_id"])) == {("s0", "s20"), ("s1", "s21"), ("s2", "s22")}
+    assert (pairs["a_split"] == "train").all() and pairs["similarity"].is_monotonic_decreasing

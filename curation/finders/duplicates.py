@@ -127,6 +127,8 @@ def find_duplicates(context: FinderContext, config: DuplicateConfig = DuplicateC
     if context.neighbor_indices.shape[0] != count:
         raise FinderInputError(f"neighbour graph has {context.neighbor_indices.shape[0]} rows for {count} samples")
     near = near_duplicate_groups(context.neighbor_indices, context.neighbor_similarities, config.threshold)
+    if pixel_digests is None:
+        pixel_digests = context.extras.get("pixel_digests")
     exact = exact_duplicate_groups(pixel_digests) if pixel_digests is not None else np.full(count, -1)
     # Exact copies are near duplicates too: fold each exact group into one near group.
     offset = near.max() + 1 if count else 0
@@ -188,3 +190,53 @@ def find_leaks(context: FinderContext, config: DuplicateConfig = DuplicateConfig
     pairs = {tuple(sorted((row, int(j)))) for row, j in enumerate(leak_row) if j >= 0}
     summary = f"{len(pairs)} cross-split near-duplicate pairs ({int(is_issue.sum())} samples) at similarity >= {config.threshold:.3f}"
     return FinderResult("leakage", table, summary, {"config": asdict(config), "pairs": len(pairs)})
+
+
+def group_members(result: FinderResult, context: FinderContext) -> pd.DataFrame:
+    """One row per sample in a near-duplicate group, groups largest first.
+
+    Columns: ``group``, ``id``, ``filepath``, ``label``, ``keep`` (suggested keeper),
+    ``similarity`` (cosine to the group's suggested keeper; 1.0 for the keeper itself).
+    """
+    table = result.table
+    in_group = table[table["near_duplicate_group"] >= 0]
+    if in_group.empty:
+        return pd.DataFrame(columns=["group", "id", "filepath", "label", "keep", "similarity"])
+    row_of = {sample_id: row for row, sample_id in enumerate(context.ids)}
+    rows = []
+    for group, members in in_group.groupby("near_duplicate_group", sort=False):
+        keeper = members.index[members["keep"].to_numpy()][0] if members["keep"].any() else members.index[0]
+        keeper_vector = context.embeddings[row_of[keeper]]
+        for sample_id, member in members.iterrows():
+            row = row_of[sample_id]
+            rows.append({
+                "group": int(group), "id": sample_id, "filepath": context.filepaths[row],
+                "label": None if context.labels is None else context.labels[row], "keep": bool(member["keep"]),
+                "similarity": float(context.embeddings[row] @ keeper_vector),
+            })
+    frame = pd.DataFrame(rows)
+    sizes = frame.groupby("group")["id"].transform("size")
+    frame = frame.assign(_size=sizes).sort_values(["_size", "group", "keep", "similarity"], ascending=[False, True, False, False])
+    return frame.drop(columns="_size").reset_index(drop=True)
+
+
+def leak_pairs(result: FinderResult, context: FinderContext) -> pd.DataFrame:
+    """Each cross-split pair once, most similar first: ``similarity`` and per side
+    ``{a,b}_id``, ``{a,b}_filepath``, ``{a,b}_split``, ``{a,b}_label``."""
+    row_of = {sample_id: row for row, sample_id in enumerate(context.ids)}
+    flagged = result.table[result.table["is_issue"]]
+    pairs: dict[tuple[str, str], float] = {}
+    for sample_id, leak in flagged.iterrows():
+        key = tuple(sorted((sample_id, leak["leak_id"])))
+        pairs[key] = max(pairs.get(key, 0.0), float(leak["leak_similarity"]))
+    rows = []
+    for (a, b), similarity in sorted(pairs.items(), key=lambda item: -item[1]):
+        row = {"similarity": similarity}
+        for side, sample_id in (("a", a), ("b", b)):
+            index = row_of[sample_id]
+            row.update({f"{side}_id": sample_id, f"{side}_filepath": context.filepaths[index],
+                        f"{side}_split": context.splits[index],
+                        f"{side}_label": None if context.labels is None else context.labels[index]})
+        rows.append(row)
+    columns = ["similarity"] + [f"{s}_{c}" for s in "ab" for c in ("id", "filepath", "split", "label")]
+    return pd.DataFrame(rows, columns=columns)
