@@ -38,9 +38,12 @@ def scatter_map(frame: pd.DataFrame, colors: pd.Series, *, title: str = "", poin
             customdata=frame["id"], text=frame["label"].astype(str), hovertemplate=hover,
         ))
     figure.update_layout(
-        title=title, height=620, margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
-        dragmode="lasso", legend={"itemsizing": "constant"}, plot_bgcolor="white",
-        xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"},
+        title=title, height=640, margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        dragmode="lasso", plot_bgcolor="white",
+        # Legend below the toolbar's row, beside the plot; UMAP axes carry no units, so the
+        # plot fills the width instead of keeping a 1:1 aspect.
+        legend={"itemsizing": "constant", "yanchor": "top", "y": 0.98, "x": 1.01},
+        xaxis={"visible": False}, yaxis={"visible": False},
     )
     return figure
 

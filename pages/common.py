@@ -119,6 +119,14 @@ def projection(name: str, field: str, config: ProjectionConfig, embedded_count: 
     return mapview.projection_frame(ds.load_dataset(name), field, config)
 
 
+@st.cache_data(show_spinner="Reading sample labels and tags…", max_entries=8)
+def map_points(name: str, field: str, label_field: str | None, config: ProjectionConfig, embedded_count: int,
+               data_version: int) -> pd.DataFrame:
+    """Map coordinates plus file path, label and tags; re-read after this session writes."""
+    coordinates = projection(name, field, config, embedded_count)
+    return mapview.with_attributes(ds.load_dataset(name), coordinates, label_field)
+
+
 @st.cache_data(show_spinner="Clustering…", max_entries=16)
 def clusters(name: str, field: str, config: ClusterConfig, embedded_count: int) -> pd.Series:
     return mapview.cluster_labels(ds.load_dataset(name), field, config)
@@ -140,3 +148,19 @@ def show_thumbnails(table: pd.DataFrame, *, columns: int = 6, limit: int = 60, c
                 st.image(str(thumb), caption=caption, width="stretch")
     if len(table) > limit:
         st.caption(f"Showing {limit} of {len(table)}.")
+
+
+@st.cache_resource(show_spinner="Finding nearest neighbours…", max_entries=4)
+def finder_context(name: str, field: str, label_field: str | None, embedded_count: int):
+    """The finders' shared context (embeddings, labels, splits, neighbour graph) for a dataset."""
+    from curation.analysis import build_context
+
+    return build_context(ds.load_dataset(name), field=field, label_field=label_field)
+
+
+def require_embeddings(dataset) -> str | None:
+    """The current embedding field, or None after telling the user how to get one."""
+    field = st.session_state["embedding_field"]
+    if not field:
+        st.warning(f"No embeddings yet: compute them on the **Data** page or run `curation embed --dataset {dataset.name}`.")
+    return field

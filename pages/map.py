@@ -7,7 +7,7 @@ from curation import datasets as ds
 from curation import mapview
 from curation.plots import scatter_map
 from curation.projection import ClusterConfig, ProjectionConfig
-from pages.common import bump_data_version, clusters, current_dataset, projection, show_thumbnails
+from pages.common import bump_data_version, clusters, current_dataset, map_points, show_thumbnails
 
 dataset = current_dataset()
 if dataset is None:
@@ -26,9 +26,9 @@ n_neighbors = controls[2].number_input("UMAP neighbours", 5, 100, 15, key="map_n
 min_dist = controls[3].number_input("UMAP min distance", 0.0, 1.0, 0.1, step=0.05, key="map_min_dist")
 
 embedded_count = dataset.exists(field).count()
-coordinates = projection(dataset.name, field, ProjectionConfig(n_neighbors=int(n_neighbors), min_dist=float(min_dist)),
-                         embedded_count)
-frame = mapview.with_attributes(dataset, coordinates, st.session_state["label_field"])
+frame = map_points(dataset.name, field, st.session_state["label_field"],
+                   ProjectionConfig(n_neighbors=int(n_neighbors), min_dist=float(min_dist)), embedded_count,
+                   st.session_state["data_version"])
 if color_by in (mapview.COLOR_KMEANS, mapview.COLOR_HDBSCAN):
     method = "kmeans" if color_by == mapview.COLOR_KMEANS else "hdbscan"
     names = clusters(dataset.name, field, ClusterConfig(method=method, n_clusters=int(n_clusters)), embedded_count)
