@@ -113,6 +113,56 @@ def cmd_demo(args) -> int:
     return cmd_map(args)
 
 
+def cmd_calibrate(args) -> int:
+    from curation.analysis import calibrate_dataset
+    from curation.datasets import load_dataset
+
+    calibration = calibrate_dataset(load_dataset(args.dataset), field=args.field, sample_size=args.sample_size,
+                                    target_precision=args.target_precision)
+    print(f"near-duplicate threshold {calibration.threshold:.3f}: precision {calibration.precision:.3f}, "
+          f"recall {calibration.recall:.3f} on {calibration.sample_size} images x {len(calibration.recall_by_transform)} edits "
+          f"({', '.join(f'{k} {v:.2f}' for k, v in calibration.recall_by_transform.items())})")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from curation.analysis import analyze
+    from curation.datasets import load_dataset
+    from tqdm import tqdm
+
+    dataset = load_dataset(args.dataset)
+    finders = [name.strip() for name in args.finders.split(",")] if args.finders else None
+    bar = tqdm(total=None, desc="analyzing", unit="finder", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(name: str, done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.set_postfix_str(name)
+        bar.refresh()
+
+    try:
+        report = analyze(dataset, finders, field=args.field, label_field=args.label_field, split_field=args.split_field,
+                         progress=progress)
+    finally:
+        bar.close()
+    for name, result in report.results.items():
+        print(f"{name}: {result.summary}")
+    for name, reason in report.skipped.items():
+        print(f"{name}: skipped: {reason}")
+    for name, reason in report.errors.items():
+        print(f"{name}: FAILED: {reason}", file=sys.stderr)
+    return 1 if report.errors else 0
+
+
+def cmd_findings(args) -> int:
+    from curation.analysis import write_findings_csv
+    from curation.datasets import load_dataset
+
+    rows = write_findings_csv(load_dataset(args.dataset), args.out)
+    print(f"wrote {rows} rows to {args.out}")
+    return 0
+
+
 def cmd_doctor(args) -> int:
     from curation.database import check_database
 
@@ -175,6 +225,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_map_options(demo)
     demo.set_defaults(handler=cmd_demo)
 
+    calibrating = commands.add_parser("calibrate", help="choose the near-duplicate threshold on the dataset's own images")
+    calibrating.add_argument("--dataset", required=True)
+    calibrating.add_argument("--field", help="embedding field (default: the dataset's latest)")
+    calibrating.add_argument("--sample-size", type=int, default=100)
+    calibrating.add_argument("--target-precision", type=float, default=0.95)
+    calibrating.set_defaults(handler=cmd_calibrate)
+
+    analyzing = commands.add_parser("analyze", help="run the finders and store their results on the samples")
+    analyzing.add_argument("--dataset", required=True)
+    analyzing.add_argument("--finders", help="comma-separated subset (default: all)")
+    analyzing.add_argument("--field", help="embedding field (default: the dataset's latest)")
+    analyzing.add_argument("--label-field", help="classification field (default: the dataset's)")
+    analyzing.add_argument("--split-field", help="field holding train/val/test (default: `split` or split tags)")
+    analyzing.set_defaults(handler=cmd_analyze)
+
+    finding = commands.add_parser("findings", help="write the per-sample findings as CSV")
+    finding.add_argument("--dataset", required=True)
+    finding.add_argument("--out", required=True, help="CSV file to write")
+    finding.set_defaults(handler=cmd_findings)
+
     doctor = commands.add_parser("doctor", help="check that FiftyOne's database is usable")
     doctor.set_defaults(handler=cmd_doctor)
     return parser
@@ -187,9 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     from curation.database import DatabaseUnavailable
     from curation.datasets import DatasetNotFoundError
     from curation.importers import ImportError_
+    from curation.analysis import AnalysisError
+    from curation.finders import UnknownFinderError
+    from curation.finders.base import FinderInputError
     from curation.models import ModelUnavailableError, UnknownModelError
 
-    expected = (CommandError, DatabaseUnavailable, DatasetNotFoundError, ImportError_, ModelUnavailableError,
+    expected = (CommandError, AnalysisError, UnknownFinderError, FinderInputError, DatabaseUnavailable, DatasetNotFoundError, ImportError_, ModelUnavailableError,
                 UnknownModelError, FileNotFoundError, KeyError, ValueError)
     try:
         return args.handler(args)

@@ -17,6 +17,24 @@ from curation import mapview
 from curation.embeddings import default_embedding_field
 from curation.projection import ClusterConfig, ProjectionConfig
 
+def _route_through_app_frame() -> None:
+    """Make a page URL opened first after a server start run through app.py.
+
+    With a ``pages/`` folder beside the main script, Streamlit starts in its old multipage
+    mode and, if the first request is for a page (a bookmarked ``/map``), runs that file
+    directly: no st.navigation, no sidebar, a page list of every file. app.py's
+    ``st.navigation`` switches the process to the new mode; this does the same and reruns,
+    so app.py runs and routes to the requested page.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_route_through_app_frame()
+
 SESSION_DEFAULTS = {
     "dataset_name": None,
     "label_field": None,
@@ -64,7 +82,7 @@ def current_dataset():
         return None
 
 
-def _pick(label: str, options: list[str], state_key: str, default: str | None) -> str:
+def _pick(label: str, options: list[str], state_key: str, default: str | None, *, show_label: bool = True) -> str:
     """A sidebar selectbox whose choice lives in ``st.session_state[state_key]``.
 
     The widget itself is keyless: Streamlit drops a keyed widget's state on any run that does
@@ -73,7 +91,8 @@ def _pick(label: str, options: list[str], state_key: str, default: str | None) -
     current = st.session_state.get(state_key)
     if current not in options:
         current = default if default in options else options[0]
-    choice = st.selectbox(label, options, index=options.index(current))
+    choice = st.selectbox(label, options, index=options.index(current),
+                          label_visibility="visible" if show_label else "collapsed")
     st.session_state[state_key] = choice
     return choice
 
@@ -95,7 +114,7 @@ def sidebar() -> None:
             st.caption("No datasets yet.")
             st.session_state["dataset_name"] = None
             return
-        name = _pick("Dataset", names, "dataset_name", os.environ.get("CURATION_DATASET"))
+        name = _pick("Dataset", names, "dataset_name", os.environ.get("CURATION_DATASET"), show_label=False)
         dataset = ds.load_dataset(name)
         fields = ds.label_fields(dataset)
         if fields:

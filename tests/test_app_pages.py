@@ -120,3 +120,29 @@ def test_pages_say_so_when_the_database_is_unusable(app, monkeypatch):
     at.run()
     assert any("database is not usable" in e.value and "mongodb://x" in e.value for e in at.error)
 
+
+
+def test_findings_page_runs_the_finders_and_lists_their_summaries(app, embedded_dataset):
+    at = app("pages/findings.py")
+    assert at.title[0].value == f"Findings · {embedded_dataset.name}"
+    at.multiselect(key="findings_chosen").set_value(["duplicates", "outliers"])
+    [b for b in at.button if b.label == "Run analysis"][0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    text = " ".join(m.value for m in at.markdown)
+    assert "**duplicates**:" in text and "near-duplicate groups" in text and "**outliers**:" in text
+    table = at.dataframe[0].value
+    assert len(table) == 60 and "outlier_score" in table.columns
+
+
+def test_duplicates_page_shows_groups_counts_and_threshold(app, embedded_dataset):
+    at = app("pages/duplicates.py")
+    assert at.title[0].value == f"Duplicates · {embedded_dataset.name}"
+    metrics = _metrics(at)
+    assert set(metrics) == {"Groups", "Samples in groups", "Suggested for removal"}
+    slider = at.slider[0]
+    assert slider.value == pytest.approx(0.95)
+    loose = slider.set_value(0.80).run()
+    assert not loose.exception
+    looser_groups = int(_metrics(loose)["Samples in groups"].replace(",", ""))
+    assert looser_groups >= int(metrics["Samples in groups"].replace(",", ""))
+    assert any("Leakage check unavailable" in i.value and "train/val/test tags" in i.value for i in loose.info)

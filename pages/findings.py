@@ -1,0 +1,48 @@
+"""Findings: run every finder, read their one-line summaries, download the per-sample CSV."""
+
+import streamlit as st
+
+from curation.analysis import FINDINGS_COLUMNS, analyze, findings_table
+from curation.datasets import curation_info
+from curation.finders import FINDER_REGISTRY
+from pages.common import bump_data_version, current_dataset, require_embeddings
+
+dataset = current_dataset()
+if dataset is None:
+    st.stop()
+st.title(f"Findings · {dataset.name}")
+field = require_embeddings(dataset)
+if not field:
+    st.stop()
+
+chosen = st.multiselect("Finders", list(FINDER_REGISTRY), default=list(FINDER_REGISTRY), key="findings_chosen")
+if st.button("Run analysis", type="primary", disabled=not chosen):
+    bar = st.progress(0.0, text="Building the neighbour graph…")
+    report = analyze(dataset, chosen, field=field, label_field=st.session_state["label_field"],
+                     progress=lambda name, done, total: bar.progress(done / max(total, 1), text=f"Running {name}…"))
+    bar.empty()
+    for name, reason in report.errors.items():
+        st.error(f"{name} failed: {reason}")
+    bump_data_version()
+
+analysis = curation_info(dataset).get("analysis")
+if not analysis:
+    st.info("No analysis yet: run it above, or `curation analyze --dataset " + dataset.name + "`.")
+    st.stop()
+
+st.caption(f"Last analysis {analysis['updated_at']} on `{analysis['embedding_field']}`"
+           + (f", labels from `{analysis['label_field']}`" if analysis.get("label_field") else ""))
+for name, summary in analysis.get("summaries", {}).items():
+    st.markdown(f"- **{name}**: {summary}")
+for name, reason in analysis.get("skipped", {}).items():
+    st.markdown(f"- **{name}**: not run ({reason})")
+for name, reason in analysis.get("errors", {}).items():
+    st.markdown(f"- **{name}**: failed ({reason})")
+
+table = findings_table(dataset)
+sort_by = st.selectbox("Sort by", [c for c in FINDINGS_COLUMNS if c.endswith("_score") or c.endswith("_similarity")],
+                       key="findings_sort")
+st.dataframe(table.sort_values(sort_by, ascending=False, na_position="last").head(500), hide_index=True,
+             column_config={"filepath": st.column_config.TextColumn(width="medium")})
+st.download_button("Download findings CSV", table.to_csv(index=False).encode(), file_name=f"{dataset.name}-findings.csv",
+                   mime="text/csv")
