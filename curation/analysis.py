@@ -138,7 +138,8 @@ def _column(result: FinderResult | None, column: str, ids: np.ndarray):
 
 # Which finder owns which sample field, and the field's type.
 _FIELDS_BY_FINDER = {
-    "mislabels": {"mislabel_score": "float", "suggested_label": "str", "uncertainty_score": "float"},
+    "mislabels": {"mislabel_score": "float", "suggested_label": "str", "uncertainty_score": "float",
+                  "suggested_confidence": "float", "mislabel_reason": "str"},
     "duplicates": {"near_duplicate_group": "int", "nearest_neighbor_filepath": "str", "nearest_neighbor_similarity": "float"},
     "leakage": {"leak_filepath": "str", "leak_similarity": "float"},
     "outliers": {"outlier_score": "float"},
@@ -185,6 +186,8 @@ def write_findings(dataset, context: FinderContext, report: AnalysisReport, *, n
         values["mislabel_score"] = _column(results["mislabels"], "score", ids)
         values["suggested_label"] = _column(results["mislabels"], "suggested_label", ids)
         values["uncertainty_score"] = _column(results["mislabels"], "uncertainty_score", ids)
+        values["suggested_confidence"] = _column(results["mislabels"], "suggested_confidence", ids)
+        values["mislabel_reason"] = _column(results["mislabels"], "reason", ids)
     if "duplicates" in results:
         groups = _column(results["duplicates"], "near_duplicate_group", ids)
         values["near_duplicate_group"] = [None if (g is None or g < 0) else int(g) for g in groups]

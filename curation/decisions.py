@@ -41,3 +41,29 @@ def decisions_for(dataset, sample_ids: list[str]) -> dict[str, str | None]:
         return {sample_id: None for sample_id in sample_ids}
     values = dataset.select(sample_ids, ordered=True).values("decision")
     return dict(zip(sample_ids, values))
+
+
+def apply_relabel(dataset, sample_ids: list[str], new_label: str, *, label_field: str, reason: str = "",
+                  source: str = "") -> int:
+    """Change the label of the samples to ``new_label``, keeping the old one in ``previous_label``.
+
+    The first relabel of a sample stores its original label; later relabels keep that
+    original, so ``previous_label`` always says what the data said before curation.
+    """
+    import fiftyone as fo
+
+    new_label = new_label.strip()
+    if not new_label:
+        raise ValueError("relabel: expected a non-empty class name, got an empty one")
+    if not sample_ids:
+        return 0
+    view = dataset.select(sample_ids, ordered=True)
+    current = view.values(f"{label_field}.label")
+    previous = view.values("previous_label") if dataset.has_sample_field("previous_label") else [None] * len(sample_ids)
+    dataset.set_values("previous_label", {sample_id: old_previous if old_previous is not None else old
+                                          for sample_id, old, old_previous in zip(sample_ids, current, previous)},
+                       key_field="id")
+    dataset.set_values(label_field, {sample_id: fo.Classification(label=new_label) for sample_id in sample_ids},
+                       key_field="id")
+    record_decision(dataset, sample_ids, "relabel", reason=reason or f"relabelled to {new_label}", source=source)
+    return len(sample_ids)

@@ -146,3 +146,35 @@ def test_duplicates_page_shows_groups_counts_and_threshold(app, embedded_dataset
     looser_groups = int(_metrics(loose)["Samples in groups"].replace(",", ""))
     assert looser_groups >= int(metrics["Samples in groups"].replace(",", ""))
     assert any("Leakage check unavailable" in i.value and "train/val/test tags" in i.value for i in loose.info)
+
+
+def test_mislabels_page_checks_labels_and_accepts_a_suggestion(app, small_class_tree, fresh_name, monkeypatch):
+    import shutil
+    from curation.datasets import load_dataset
+    from curation.embeddings import compute_embeddings
+    from curation.importers import import_dataset
+
+    import_dataset(small_class_tree, fresh_name, format="classes")
+    dataset = load_dataset(fresh_name)
+    compute_embeddings(dataset, model="efficientnet-lite0-imagenet", num_workers=0)
+    # Plant an obvious error: a trouser labelled as a bag.
+    planted = dataset.match({"ground_truth.label": "trouser"}).first()
+    planted.ground_truth.label = "bag"
+    planted.save()
+    monkeypatch.setenv("CURATION_DATASET", fresh_name)
+    at = app("pages/mislabels.py")
+    assert at.title[0].value == f"Suspected mislabels · {fresh_name}"
+    assert any("not been checked yet" in info.value for info in at.info)
+    [b for b in at.button if b.label == "Check labels now"][0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.slider(key="ml_min_score").set_value(0.0).run()
+    at.selectbox(key="ml_given").select("bag").run()
+    first = " ".join(m.value for m in at.markdown if m.value.startswith("given"))
+    assert first.startswith("given **bag** → suggested **trouser**"), first
+    accept = [b for b in at.button if b.label == "Accept 'trouser'"][0]
+    accept.click().run()
+    assert not at.exception
+    planted.reload()
+    assert planted.ground_truth.label == "trouser"
+    assert planted["previous_label"] == "bag" and planted["decision"] == "relabel"
+    assert planted["decision_source"] == "mislabels"

@@ -1,0 +1,478 @@
+"""Mislabels: samples whose given label the data itself argues against.
+
+Three signals, each a "label quality" in [0, 1] (the support for the given label):
+
+- classifier: cleanlab's ``get_label_quality_scores`` (self-confidence) on out-of-fold
+  probabilities of a logistic regression over the embeddings
+  (:mod:`curation.finders.classifier`); cleanlab's ``find_label_issues`` (confident
+  learning, prune by noise rate) on the same probabilities gives its own flag;
+- neighbours: the similarity-weighted share of the k nearest labelled neighbours (from the
+  context's shared graph) whose label is the given one;
+- zero-shot (only for models with a text encoder, i.e. CLIP): the softmax probability of
+  the given class among "a photo of a {label}" prompts, temperature 100 as in CLIP.
+
+``score`` = 1 - the weighted mean of the available qualities (weights renormalised over
+the signals a sample has), in [0, 1]. With self-confidence this is 1 - P(given label)
+under the weighted mixture of the three class distributions, and ``suggested_label`` is
+the mixture's most likely class, ``suggested_confidence`` its probability.
+``is_issue`` = cleanlab's flag OR ``score >= threshold``.
+
+The default weights (classifier 0.5, neighbours 0.5, zero-shot 0.5 when present) and the
+threshold (0.6) were chosen on Fashion-MNIST with 10/20/40% synthetic label flips and are
+reported, untouched, on the MNIST test set's validated errors (benchmarks/bench_mislabels.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from curation.finders.base import FinderContext, FinderInputError, FinderResult
+from curation.finders.classifier import (
+    DEFAULT_C,
+    DEFAULT_DIMENSIONS,
+    compute_out_of_fold_predictions,
+    label_mask,
+    uncertainty_scores,
+    usable_rows,
+)
+
+logger = logging.getLogger(__name__)
+
+FILTER_METHODS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given")
+CLEANLAB_SOURCES = ("combined", "classifier")
+QUALITY_METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
+TEXT_EMBEDDINGS_KEY = "class_text_embeddings"  # context.extras key: {class name: (D,) text embedding}
+
+
+@dataclass(frozen=True)
+class MislabelConfig:
+    """Settings of :func:`find_mislabels`.
+
+    Attributes:
+        classifier_weight, neighbor_weight, zero_shot_weight: relative weights of the
+            three signals in ``score`` (>= 0, not all 0); a signal a sample lacks is left
+            out and the others renormalised.
+        threshold: ``score`` at or above which a sample is flagged even if cleanlab did not
+            flag it; values in [0.5, 0.8] work well (0.6 is the benchmarked default).
+        use_cleanlab_flag: also flag what cleanlab's ``find_label_issues`` flags.
+        cleanlab_on: ``"combined"`` runs ``find_label_issues`` on the weighted mixture of the
+            signals' class distributions, ``"classifier"`` on the classifier's alone.
+        require_other_suggestion: the threshold flags a sample only when
+            ``suggested_label`` differs from the given label.
+        filter_by: cleanlab's ``find_label_issues`` method.
+        quality_method: cleanlab's ``get_label_quality_scores`` method for the classifier signal.
+        n_neighbors: neighbours that vote (at most the graph's k).
+        n_folds, seed, C, dimensions: cross-validation settings of the classifier.
+        zero_shot: True to require the zero-shot signal, False to skip it, None to use it
+            when the model has a text encoder or ``context.extras`` holds class text embeddings.
+        prompt_template: zero-shot prompt; ``{label}`` is the class name with _ as spaces.
+        zero_shot_temperature: multiplies cosine similarities before the softmax (CLIP's 100).
+        max_disagreeing_neighbors: ids listed in ``disagreeing_neighbors``.
+    """
+
+    classifier_weight: float = 0.5
+    neighbor_weight: float = 0.5
+    zero_shot_weight: float = 0.5
+    threshold: float = 0.6
+    use_cleanlab_flag: bool = True
+    cleanlab_on: str = "combined"
+    require_other_suggestion: bool = True
+    filter_by: str = "prune_by_noise_rate"
+    quality_method: str = "self_confidence"
+    n_neighbors: int = 10
+    n_folds: int = 5
+    seed: int = 0
+    C: float = DEFAULT_C
+    dimensions: int | None = DEFAULT_DIMENSIONS
+    zero_shot: bool | None = None
+    prompt_template: str = "a photo of a {label}"
+    zero_shot_temperature: float = 100.0
+    max_disagreeing_neighbors: int = 5
+
+
+def _validate_config(config: MislabelConfig) -> None:
+    weights = (config.classifier_weight, config.neighbor_weight, config.zero_shot_weight)
+    if any(not np.isfinite(weight) or weight < 0 for weight in weights) or sum(weights) <= 0:
+        raise FinderInputError(f"mislabel weights: expected non-negative numbers, not all zero, got classifier={weights[0]}, "
+                               f"neighbor={weights[1]}, zero_shot={weights[2]}")
+    if not 0 < config.threshold <= 1:
+        raise FinderInputError(f"mislabel threshold: expected a value in (0, 1], got {config.threshold}")
+    if config.filter_by not in FILTER_METHODS:
+        raise FinderInputError(f"mislabel filter_by: expected one of {', '.join(FILTER_METHODS)}, got {config.filter_by!r}")
+    if config.cleanlab_on not in CLEANLAB_SOURCES:
+        raise FinderInputError(f"mislabel cleanlab_on: expected one of {', '.join(CLEANLAB_SOURCES)}, got {config.cleanlab_on!r}")
+    if config.quality_method not in QUALITY_METHODS:
+        raise FinderInputError(f"mislabel quality_method: expected one of {', '.join(QUALITY_METHODS)}, got {config.quality_method!r}")
+    if config.n_neighbors < 1:
+        raise FinderInputError(f"mislabel n_neighbors: expected at least 1, got {config.n_neighbors}")
+    if config.n_folds < 2:
+        raise FinderInputError(f"mislabel n_folds: expected at least 2, got {config.n_folds}")
+    if "{label}" not in config.prompt_template:
+        raise FinderInputError(f"mislabel prompt_template: expected a '{{label}}' placeholder, got {config.prompt_template!r}")
+
+
+def _validate_context(context: FinderContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    count = len(context.ids)
+    embeddings = np.asarray(context.embeddings)
+    if embeddings.ndim != 2 or len(embeddings) != count:
+        raise FinderInputError(f"embeddings: expected shape ({count}, dimension) to match the ids, got {embeddings.shape}")
+    if context.labels is None:
+        raise FinderInputError("labels: the mislabel finder needs a label field, and this dataset has none")
+    labels = np.asarray(context.labels, dtype=object)
+    if labels.shape != (count,):
+        raise FinderInputError(f"labels: expected shape ({count},) to match the ids, got {labels.shape}")
+    if count == 0:
+        raise FinderInputError("the dataset is empty: expected at least 2 labelled samples of each of 2 classes")
+    if not label_mask(labels).any():
+        raise FinderInputError(f"labels: all {count} samples are unlabelled; label some samples to check labels")
+    indices = np.asarray(context.neighbor_indices)
+    similarities = np.asarray(context.neighbor_similarities)
+    if indices.ndim != 2 or len(indices) != count or similarities.shape != indices.shape:
+        raise FinderInputError(
+            f"neighbour graph: expected neighbor_indices and neighbor_similarities of shape ({count}, k), "
+            f"got {indices.shape} and {similarities.shape}"
+        )
+    if indices.size and (not np.issubdtype(indices.dtype, np.integer) or indices.min() < -1 or indices.max() >= count):
+        raise FinderInputError(f"neighbour graph: expected integer row indices in [-1, {count}), "
+                               f"got {indices.dtype} values in [{indices.min()}, {indices.max()}]")
+    return embeddings, labels, indices
+
+
+# ----------------------------------------------------------------------------------------
+# Zero-shot
+# ----------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=8)
+def _model_text_embeddings(model_name: str, template: str, classes: tuple[str, ...]) -> tuple[np.ndarray | None, str]:
+    """(C, D) prompt embeddings from the model's text encoder, or None and why not (cached per process)."""
+    from curation.models import ModelUnavailableError, UnknownModelError, load_embedder, resolve_model
+
+    try:
+        spec = resolve_model(model_name)
+    except UnknownModelError as error:
+        return None, str(error)
+    if spec.family != "open_clip":
+        # Only open_clip models carry a text encoder in this registry; no need to load the others.
+        return None, f"{model_name} has no text encoder"
+    try:
+        embedder = load_embedder(spec, allow_fallback=False)
+    except (ModelUnavailableError, ImportError) as error:
+        return None, f"cannot load {model_name}'s text encoder: {error}"
+    if not embedder.supports_text:
+        return None, f"{model_name} has no text encoder"
+    prompts = [template.format(label=name.replace("_", " ")) for name in classes]
+    return embedder.encode_texts(prompts), f"{model_name} text encoder, prompt {template!r}"
+
+
+def _zero_shot_probabilities(context: FinderContext, classes: list[str], config: MislabelConfig,
+                             dimension: int) -> tuple[np.ndarray | None, str]:
+    """(N, C) zero-shot class probabilities, or None and why the signal is skipped."""
+    if config.zero_shot is False or config.zero_shot_weight == 0:
+        return None, "skipped: turned off"
+    provided = context.extras.get(TEXT_EMBEDDINGS_KEY)
+    if provided is not None:
+        missing = [name for name in classes if name not in provided]
+        if missing:
+            raise FinderInputError(f"extras[{TEXT_EMBEDDINGS_KEY!r}]: expected a text embedding for every class, missing {missing}")
+        text = np.stack([np.asarray(provided[name], dtype=np.float32).ravel() for name in classes])
+        source = f"text embeddings from context.extras[{TEXT_EMBEDDINGS_KEY!r}]"
+    elif context.model_name:
+        text, source = _model_text_embeddings(context.model_name, config.prompt_template, tuple(classes))
+    else:
+        text, source = None, "the context names no embedding model"
+    if text is None:
+        if config.zero_shot:
+            raise FinderInputError(f"zero_shot=True but no class text embeddings are available: {source}")
+        return None, f"skipped: {source}"
+    if text.shape[1] != dimension:
+        raise FinderInputError(f"class text embeddings: expected dimension {dimension} like the image embeddings, got {text.shape[1]}")
+    norms = np.linalg.norm(text, axis=1, keepdims=True)
+    text = np.divide(text, norms, out=np.zeros_like(text), where=norms > 0)
+    return text, source
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exponentials = np.exp(shifted)
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------------------
+# The finder
+# ----------------------------------------------------------------------------------------
+
+def _neighbor_votes(indices: np.ndarray, similarities: np.ndarray, class_of_row: np.ndarray, usable: np.ndarray,
+                    n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Similarity-weighted class votes of each sample's labelled neighbours.
+
+    Returns (N, C) vote shares (rows of zeros without voters), (N, C) unweighted counts and
+    the (N, k) mask of neighbours that voted.
+    """
+    count, k = indices.shape
+    rows = np.arange(count)
+    safe = np.where(indices >= 0, indices, 0)
+    voter = (indices >= 0) & (safe != rows[:, None]) & (class_of_row[safe] >= 0) & usable[safe] & usable[:, None]
+    # Cosine similarities of true neighbours are positive; the floor keeps a voter's weight above zero.
+    weights = np.where(voter, np.clip(np.nan_to_num(similarities, nan=0.0), 1e-6, None), 0.0)
+    votes = np.zeros((count, n_classes))
+    counts = np.zeros((count, n_classes))
+    for column in range(k):
+        mask = voter[:, column]
+        np.add.at(votes, (rows[mask], class_of_row[safe[mask, column]]), weights[mask, column])
+        np.add.at(counts, (rows[mask], class_of_row[safe[mask, column]]), 1.0)
+    totals = votes.sum(axis=1, keepdims=True)
+    shares = np.divide(votes, totals, out=np.zeros_like(votes), where=totals > 0)
+    return shares, counts, voter
+
+
+def _describe(given: str | None, classes: list[str], classifier: np.ndarray | None, neighbor_counts: np.ndarray | None,
+              zero_shot: np.ndarray | None, cleanlab_flag: bool) -> str:
+    """One line per sample: what each signal says about the given label."""
+    parts = []
+    given_index = classes.index(given) if given is not None else None
+    if classifier is not None:
+        top = int(np.argmax(classifier))
+        if given_index is None:
+            parts.append(f"classifier suggests {classes[top]!r} {classifier[top]:.2f}")
+        elif top == given_index:
+            parts.append(f"classifier agrees with {given!r} {classifier[top]:.2f}")
+        else:
+            parts.append(f"classifier gives {classes[top]!r} {classifier[top]:.2f} vs given {given!r} {classifier[given_index]:.2f}")
+    if neighbor_counts is not None and neighbor_counts.sum() > 0:
+        total = int(neighbor_counts.sum())
+        top = int(np.argmax(neighbor_counts))
+        if given_index is None or top != given_index:
+            parts.append(f"{int(neighbor_counts[top])} of {total} nearest neighbours are {classes[top]!r}")
+        else:
+            parts.append(f"{int(neighbor_counts[given_index])} of {total} nearest neighbours are also {given!r}")
+    if zero_shot is not None:
+        top = int(np.argmax(zero_shot))
+        if given_index is None or top == given_index:
+            parts.append(f"zero-shot text match {classes[top]!r} {zero_shot[top]:.2f}")
+        else:
+            parts.append(f"zero-shot text match prefers {classes[top]!r} {zero_shot[top]:.2f} vs given {zero_shot[given_index]:.2f}")
+    if cleanlab_flag:
+        parts.append("cleanlab flags it")
+    return "; ".join(parts)
+
+
+def find_mislabels(context: FinderContext, config: MislabelConfig = MislabelConfig()) -> FinderResult:
+    """Score every labelled sample by how strongly the data argues against its label.
+
+    Args:
+        context: ids, L2-normalised embeddings (N, D), labels (N,) with None for unlabelled
+            samples, and the shared kNN graph (N, k). ``context.extras`` may hold
+            ``class_text_embeddings`` ({class: (D,) vector}) to enable zero-shot without
+            loading a model.
+        config: a :class:`MislabelConfig`.
+
+    Returns:
+        A :class:`FinderResult` whose table (index: sample id) has ``score`` in [0, 1] (NaN
+        for unlabelled samples and those no signal can judge), ``is_issue``, ``given_label``,
+        ``suggested_label``, ``suggested_confidence`` in [0, 1], ``classifier_quality``,
+        ``neighbor_agreement``, ``zero_shot_quality`` (each in [0, 1] or NaN where that
+        signal is missing), ``cleanlab_issue``, ``uncertainty_score`` (1 - margin of the
+        classifier, also for unlabelled samples: a "label next" queue), ``reason`` (one
+        line) and ``disagreeing_neighbors`` (ids of the most similar neighbours whose label
+        differs). ``info`` holds the settings, the classifier's, and which signals ran.
+
+    Raises:
+        FinderInputError: no labels, a single class, no class with two usable samples,
+            malformed arrays or settings.
+    """
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    _validate_config(config)
+    embeddings, labels, indices = _validate_context(context)
+    count = len(labels)
+    ids = np.asarray(context.ids, dtype=object)
+    labelled = label_mask(labels)
+    given = np.array([str(value) if present else None for value, present in zip(labels, labelled)], dtype=object)
+    usable = usable_rows(embeddings)
+
+    oof = compute_out_of_fold_predictions(
+        embeddings, given, n_folds=config.n_folds, seed=config.seed, C=config.C, dimensions=config.dimensions,
+        sample_keys=ids,
+    )
+    classes = oof.classes
+    n_classes = len(classes)
+    class_index = {name: position for position, name in enumerate(classes)}
+    class_of_row = np.array([class_index[name] if name is not None else -1 for name in given], dtype=np.int64)
+    labelled_rows = np.flatnonzero(labelled)
+    unlabelled_rows = np.flatnonzero(~labelled)
+
+    # Classifier signal: cleanlab on the rows that have a genuine out-of-fold prediction.
+    classifier_probs = np.full((count, n_classes), np.nan)
+    classifier_probs[labelled_rows[oof.checkable]] = oof.pred_probs[oof.checkable]
+    classifier_probs[unlabelled_rows[usable[unlabelled_rows]]] = oof.unlabelled_probs[usable[unlabelled_rows]]
+    classifier_quality = np.full(count, np.nan)
+    checked_rows = labelled_rows[oof.checkable]
+    if len(checked_rows):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # cleanlab's "few examples" warnings: see info
+            classifier_quality[checked_rows] = get_label_quality_scores(
+                class_of_row[checked_rows], classifier_probs[checked_rows], method=config.quality_method)
+
+    # Neighbour signal.
+    k = min(config.n_neighbors, indices.shape[1])
+    neighbor_indices = indices[:, :k].astype(np.int64)
+    neighbor_similarities = np.asarray(context.neighbor_similarities, dtype=np.float64)[:, :k]
+    neighbor_shares, neighbor_counts, voter = _neighbor_votes(neighbor_indices, neighbor_similarities, class_of_row, usable, n_classes)
+    has_voters = neighbor_counts.sum(axis=1) > 0
+    # A class of n samples can have at most n - 1 neighbours of its own, so the share is taken
+    # relative to what the class could reach: small classes are not mislabelled for being small,
+    # and a class of one cannot be judged by its neighbours at all.
+    class_sizes = np.bincount(class_of_row[labelled & usable], minlength=n_classes)
+    voters = neighbor_counts.sum(axis=1)
+    neighbor_agreement = np.full(count, np.nan)
+    voted = labelled_rows[has_voters[labelled_rows] & usable[labelled_rows]]
+    reachable = np.minimum(class_sizes[class_of_row[voted]] - 1, voters[voted]) / np.maximum(voters[voted], 1)
+    judged = reachable > 0
+    voted, reachable = voted[judged], reachable[judged]
+    neighbor_agreement[voted] = np.minimum(1.0, neighbor_shares[voted, class_of_row[voted]] / reachable)
+
+    # Zero-shot signal.
+    text, zero_shot_source = _zero_shot_probabilities(context, classes, config, embeddings.shape[1])
+    zero_shot_probs = None
+    zero_shot_quality = np.full(count, np.nan)
+    if text is not None:
+        zero_shot_probs = np.full((count, n_classes), np.nan)
+        vectors = np.nan_to_num(embeddings[usable].astype(np.float64))
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        zero_shot_probs[usable] = _softmax(config.zero_shot_temperature * vectors @ text.T)
+        scored = labelled_rows[usable[labelled_rows]]
+        zero_shot_quality[scored] = zero_shot_probs[scored, class_of_row[scored]]
+
+    # Combination: weighted mean of the available qualities / class distributions.
+    signals = [
+        (config.classifier_weight, classifier_quality, classifier_probs),
+        (config.neighbor_weight, neighbor_agreement, np.where(has_voters[:, None], neighbor_shares, np.nan)),
+    ]
+    if zero_shot_probs is not None:
+        signals.append((config.zero_shot_weight, zero_shot_quality, zero_shot_probs))
+    quality_sum = np.zeros(count)
+    quality_weight = np.zeros(count)
+    mixture = np.zeros((count, n_classes))
+    mixture_weight = np.zeros(count)
+    for weight, quality, distribution in signals:
+        if weight == 0:
+            continue
+        has_quality = np.isfinite(quality)
+        quality_sum[has_quality] += weight * quality[has_quality]
+        quality_weight[has_quality] += weight
+        has_distribution = np.isfinite(distribution).all(axis=1)
+        mixture[has_distribution] += weight * distribution[has_distribution]
+        mixture_weight[has_distribution] += weight
+    score = np.full(count, np.nan)
+    scored = quality_weight > 0
+    score[scored] = np.clip(1.0 - quality_sum[scored] / quality_weight[scored], 0.0, 1.0)
+    has_mixture = mixture_weight > 0
+    mixture[has_mixture] /= mixture_weight[has_mixture, None]
+    suggested_index = np.where(has_mixture, np.argmax(mixture, axis=1), -1)
+    suggested_label = np.array([classes[index] if index >= 0 else None for index in suggested_index], dtype=object)
+    suggested_confidence = np.where(has_mixture, mixture.max(axis=1), np.nan)
+
+    # Confident learning's flag, on the classifier's probabilities or on the mixture (both are
+    # out-of-sample: the classifier is cross-validated, a sample never votes for itself).
+    cleanlab_probs = classifier_probs if config.cleanlab_on == "classifier" else np.where(has_mixture[:, None], mixture, np.nan)
+    cleanlab_rows = labelled_rows[np.isfinite(cleanlab_probs[labelled_rows]).all(axis=1)]
+    cleanlab_rows = cleanlab_rows[np.argsort(ids[cleanlab_rows].astype(str), kind="stable")]  # order-independent
+    cleanlab_issue = np.zeros(count, dtype=bool)
+    if len(cleanlab_rows) and len(np.unique(class_of_row[cleanlab_rows])) >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            cleanlab_issue[cleanlab_rows] = find_label_issues(class_of_row[cleanlab_rows], cleanlab_probs[cleanlab_rows],
+                                                              filter_by=config.filter_by, n_jobs=1)
+
+    # The threshold flags only where the evidence names another class: a sample that every
+    # signal finds hard (near-uniform probabilities) is uncertain, not mislabelled.
+    above_threshold = scored & (score >= config.threshold)
+    if config.require_other_suggestion:
+        above_threshold &= suggested_index != class_of_row
+    is_issue = above_threshold | (cleanlab_issue if config.use_cleanlab_flag else False)
+
+    uncertainty = np.full(count, np.nan)
+    has_classifier = np.isfinite(classifier_probs).all(axis=1)
+    if has_classifier.any():
+        uncertainty[has_classifier] = uncertainty_scores(classifier_probs[has_classifier], kind="margin")
+
+    reasons = []
+    disagreeing = []
+    limit = config.max_disagreeing_neighbors
+    for row in range(count):
+        label = given[row]
+        reason = _describe(
+            label, classes,
+            classifier_probs[row] if has_classifier[row] else None,
+            neighbor_counts[row] if has_voters[row] else None,
+            zero_shot_probs[row] if zero_shot_probs is not None and usable[row] else None,
+            bool(cleanlab_issue[row]),
+        )
+        if label is None:
+            reason = "unlabelled" + (f": {reason}" if reason else "")
+        elif not scored[row]:
+            why = "no usable embedding" if not usable[row] else f"class {label!r} has a single sample"
+            reason = f"cannot be checked: {why}"
+        reasons.append(reason)
+        if label is None or limit == 0:
+            disagreeing.append([])
+            continue
+        mine = class_of_row[row]
+        neighbours = neighbor_indices[row][voter[row]]
+        disagreeing.append([str(ids[other]) for other in neighbours if class_of_row[other] != mine][:limit])
+
+    table = pd.DataFrame(
+        {
+            "score": score,
+            "is_issue": is_issue,
+            "given_label": given,
+            "suggested_label": suggested_label,
+            "suggested_confidence": suggested_confidence,
+            "classifier_quality": classifier_quality,
+            "neighbor_agreement": neighbor_agreement,
+            "zero_shot_quality": zero_shot_quality,
+            "cleanlab_issue": cleanlab_issue,
+            "uncertainty_score": uncertainty,
+            "reason": reasons,
+            "disagreeing_neighbors": disagreeing,
+        },
+        index=pd.Index(ids, name="id"),
+    )
+    used = ["classifier (cleanlab)", "neighbours"] + (["zero-shot"] if zero_shot_probs is not None else [])
+    flagged = int(is_issue.sum())
+    summary = (f"{flagged} of {len(labelled_rows)} labelled samples look mislabelled "
+               f"(cleanlab flags {int(cleanlab_issue.sum())}, score >= {config.threshold:g}: {int(above_threshold.sum())}); "
+               f"signals: {', '.join(used)}")
+    unscored = int(len(labelled_rows) - scored[labelled_rows].sum())
+    if unscored:
+        summary += f"; {unscored} labelled samples could not be checked"
+    # How often the out-of-fold classifier picks the given label: when it is low (few samples
+    # per class, an embedding that does not separate the classes), every flag is weak evidence.
+    agreement = float(np.mean(np.argmax(classifier_probs[checked_rows], axis=1) == class_of_row[checked_rows])) if len(checked_rows) else None
+    if agreement is not None:
+        summary += f"; the classifier agrees with {agreement:.0%} of the given labels"
+    info = {
+        "config": asdict(config),
+        "classes": classes,
+        "signals": used,
+        "zero_shot": zero_shot_source,
+        "neighbors_used": int(k),
+        "classifier": oof.info,
+        "classifier_agreement": agreement,
+        "flagged": flagged,
+        "cleanlab_flagged": int(cleanlab_issue.sum()),
+        "above_threshold": int(above_threshold.sum()),
+        "unscored_labelled": unscored,
+        "unlabelled": int(len(unlabelled_rows)),
+        "score": "1 - weighted mean of the available label qualities (classifier self-confidence, "
+                 "neighbour agreement, zero-shot probability)",
+    }
+    return FinderResult("mislabels", table, summary, info)

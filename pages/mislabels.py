@@ -1,0 +1,73 @@
+"""Mislabels: a ranked gallery of suspected label errors with the reason, and actions."""
+
+import streamlit as st
+
+from curation.analysis import analyze
+from curation.decisions import apply_relabel, record_decision
+from curation.images import thumbnail_path
+from curation.review import mislabel_queue
+from pages.common import bump_data_version, current_dataset, require_embeddings
+
+dataset = current_dataset()
+if dataset is None:
+    st.stop()
+st.title(f"Suspected mislabels · {dataset.name}")
+field = require_embeddings(dataset)
+label_field = st.session_state["label_field"]
+if not field:
+    st.stop()
+if not label_field:
+    st.info("This dataset has no classification labels, so there is nothing to check.")
+    st.stop()
+if not dataset.has_sample_field("mislabel_score"):
+    st.info("Labels have not been checked yet.")
+    if st.button("Check labels now", type="primary"):
+        with st.spinner("Cross-validating a classifier on the embeddings and checking neighbours…"):
+            report = analyze(dataset, ["mislabels"], field=field, label_field=label_field)
+        for name, reason in {**report.errors, **report.skipped}.items():
+            st.error(f"{name}: {reason}")
+        bump_data_version()
+        st.rerun()
+    st.stop()
+
+queue = mislabel_queue(dataset, label_field)
+filters = st.columns([2, 2, 2, 1], vertical_alignment="bottom")
+given = filters[0].selectbox("Given label", ["(any)"] + sorted(queue["label"].dropna().unique()), key="ml_given")
+suggested = filters[1].selectbox("Suggested label", ["(any)"] + sorted(queue["suggested_label"].dropna().unique()),
+                                 key="ml_suggested")
+min_score = filters[2].slider("Minimum score", 0.0, 1.0, 0.5, 0.05, key="ml_min_score")
+show_decided = filters[3].checkbox("Show decided", key="ml_show_decided")
+view = queue[queue["mislabel_score"] >= min_score]
+if given != "(any)":
+    view = view[view["label"] == given]
+if suggested != "(any)":
+    view = view[view["suggested_label"] == suggested]
+if not show_decided:
+    view = view[view["decision"].isna()]
+st.caption(f"{len(view):,} samples match (of {int((queue['mislabel_score'] >= 0.5).sum()):,} scoring 0.5 or more).")
+
+for row in view.head(30).itertuples(index=False):
+    with st.container(border=True):
+        cells = st.columns([1, 4, 2], vertical_alignment="center")
+        thumb = thumbnail_path(row.filepath)
+        if thumb:
+            cells[0].image(str(thumb), width="stretch")
+        cells[1].markdown(f"given **{row.label}** → suggested **{row.suggested_label}** "
+                          f"({row.suggested_confidence:.0%}) · score **{row.mislabel_score:.2f}**"
+                          + (f" · decided: {row.decision}" if isinstance(row.decision, str) else ""))
+        cells[1].caption(row.mislabel_reason or "")
+        actions = cells[2]
+        if actions.button(f"Accept '{row.suggested_label}'", key=f"accept_{row.id}", type="primary", width="stretch"):
+            apply_relabel(dataset, [row.id], row.suggested_label, label_field=label_field,
+                          reason=f"accepted suggestion ({row.mislabel_reason})", source="mislabels")
+            bump_data_version()
+            st.rerun()
+        if actions.button("Send to relabel", key=f"annotate_{row.id}", width="stretch"):
+            record_decision(dataset, [row.id], "annotate", reason=row.mislabel_reason or "", source="mislabels")
+            dataset.select([row.id]).tag_samples("relabel")
+            bump_data_version()
+            st.rerun()
+        if actions.button("Dismiss", key=f"dismiss_{row.id}", width="stretch"):
+            record_decision(dataset, [row.id], "dismiss", reason="label is correct", source="mislabels")
+            bump_data_version()
+            st.rerun()
