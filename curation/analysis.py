@@ -143,6 +143,7 @@ _FIELDS_BY_FINDER = {
     "duplicates": {"near_duplicate_group": "int", "nearest_neighbor_filepath": "str", "nearest_neighbor_similarity": "float"},
     "leakage": {"leak_filepath": "str", "leak_similarity": "float"},
     "outliers": {"outlier_score": "float"},
+    "label_next": {"uncertainty_score": "float", "label_next_rank": "int"},
 }
 
 
@@ -198,6 +199,10 @@ def write_findings(dataset, context: FinderContext, report: AnalysisReport, *, n
         values["leak_similarity"] = _column(results["leakage"], "leak_similarity", ids)
     if "outliers" in results:
         values["outlier_score"] = _column(results["outliers"], "score", ids)
+    if "label_next" in results:
+        # Defined for unlabelled samples too, where the mislabel finder has nothing to say.
+        values["uncertainty_score"] = _column(results["label_next"], "score", ids)
+        values["label_next_rank"] = [None if r is None else int(r) for r in _column(results["label_next"], "label_next_rank", ids)]
     values["cluster"] = compute_clusters(context.embeddings, ClusterConfig(n_clusters=n_clusters)).tolist()
     kinds = {name: kind for fields in _FIELDS_BY_FINDER.values() for name, kind in fields.items()} | {"cluster": "int"}
     for name, column in values.items():

@@ -15,6 +15,7 @@ FINDER_REGISTRY: dict[str, str] = {
     "leakage": "curation.finders.duplicates:find_leaks",
     "mislabels": "curation.finders.mislabels:find_mislabels",
     "outliers": "curation.finders.outliers:find_outliers",
+    "label_next": "curation.finders.label_next:find_label_next",
 }
 
 
