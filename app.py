@@ -14,6 +14,7 @@ navigation = st.navigation([
     st.Page("pages/findings.py", title="Findings", icon=":material/troubleshoot:"),
     st.Page("pages/mislabels.py", title="Mislabels", icon=":material/label_off:"),
     st.Page("pages/duplicates.py", title="Duplicates", icon=":material/content_copy:"),
+    st.Page("pages/balance.py", title="Balance", icon=":material/balance:"),
     st.Page("pages/data.py", title="Data", icon=":material/upload:"),
 ])
 sidebar()

@@ -67,3 +67,21 @@ def precision_recall_figure(curve: dict | pd.DataFrame, chosen_threshold: float)
     figure.update_layout(height=300, margin={"l": 10, "r": 10, "t": 20, "b": 10},
                          xaxis_title="similarity threshold", yaxis_range=[0, 1.02])
     return figure
+
+
+def confusion_heatmap(confusion: pd.DataFrame) -> go.Figure:
+    """Row-normalised confusion matrix: given class (rows) against predicted class (columns)."""
+    figure = go.Figure(go.Heatmap(z=confusion.to_numpy(), x=list(confusion.columns), y=list(confusion.index),
+                                  colorscale="Blues", zmin=0, zmax=1, text=confusion.round(2).to_numpy(),
+                                  texttemplate="%{text}", hovertemplate="given %{y}<br>predicted %{x}: %{z:.0%}<extra></extra>"))
+    figure.update_layout(height=max(320, 28 * len(confusion) + 120), margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                         xaxis_title="predicted (cross-validated)", yaxis_title="given label", yaxis_autorange="reversed")
+    return figure
+
+
+def cluster_mix_bar(mix: pd.DataFrame) -> go.Figure:
+    """Stacked bars: samples of each class in each k-means cluster of the embedding space."""
+    figure = go.Figure([go.Bar(x=[f"cluster {c}" for c in mix.index], y=mix[name], name=str(name),
+                               marker_color=_PALETTE[i % len(_PALETTE)]) for i, name in enumerate(mix.columns)])
+    figure.update_layout(barmode="stack", height=380, margin={"l": 10, "r": 10, "t": 30, "b": 10}, yaxis_title="samples")
+    return figure

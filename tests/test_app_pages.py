@@ -178,3 +178,16 @@ def test_mislabels_page_checks_labels_and_accepts_a_suggestion(app, small_class_
     assert planted.ground_truth.label == "trouser"
     assert planted["previous_label"] == "bag" and planted["decision"] == "relabel"
     assert planted["decision_source"] == "mislabels"
+
+
+def test_balance_page_shows_counts_confusion_and_mix(app, embedded_dataset):
+    at = app("pages/balance.py")
+    assert at.title[0].value == f"Balance & coverage · {embedded_dataset.name}"
+    metrics = _metrics(at)
+    assert metrics["Classes"] == "10" and metrics["Imbalance (largest / smallest)"] == "1.0x"
+    assert metrics["Classes below 5%"] == "0"
+    table = at.dataframe[0].value
+    assert table["samples"].tolist() == [6] * 10 and table["cv accuracy"].between(0, 1).all()
+    at.slider(key="bal_min_share").set_value(0.2).run()
+    assert _metrics(at)["Classes below 20%"] == "10"
+    assert sum(m.value.startswith("- Collect more") for m in at.markdown) == 10
