@@ -95,9 +95,10 @@ def compute_balance(context: FinderContext, *, min_share: float = 0.05, n_cluste
             other = row.idxmax()
             suggestions.append(f"'{name}' is recognised {accuracy[name]:.0%} of the time and mistaken for '{other}' "
                                f"{row.max():.0%}: add examples that tell them apart (and check their labels).")
-    for row in thin.itertuples(index=False):
-        suggestions.append(f"Cluster {row.cluster}: only {row.count} '{row[1]}' samples ({row.share_in_cluster:.0%} of the "
-                           "cluster): this kind of image is thinly covered.")
+    for cluster, rows in thin.groupby("cluster", sort=True):
+        listed = ", ".join(f"'{name}' ({count})" for name, count in zip(rows["class"], rows["count"]))
+        suggestions.append(f"Cluster {cluster}: {listed} appear there with fewer than {thin_count} samples each: "
+                           "that kind of image is thinly covered for these classes.")
     for cluster in small:
         suggestions.append(f"Cluster {cluster} has only {int(cluster_sizes[cluster])} samples: a rare kind of image.")
     return BalanceReport(counts=counts, shares=shares, imbalance_ratio=imbalance, below_share=below, accuracy=accuracy,
