@@ -6,15 +6,9 @@ import streamlit as st
 from curation.balance import compute_balance
 from curation.finders.base import FinderInputError
 from curation.plots import class_count_bar, cluster_mix_bar, confusion_heatmap
-from pages.common import current_dataset, finder_context, require_embeddings
+from pages.common import finder_context, open_page
 
-dataset = current_dataset()
-if dataset is None:
-    st.stop()
-st.title(f"Balance & coverage · {dataset.name}")
-field = require_embeddings(dataset)
-if not field:
-    st.stop()
+dataset, field = open_page("Balance & coverage")
 controls = st.columns(2)
 min_share = controls[0].slider("Flag classes below this share", 0.0, 0.5, 0.05, 0.01, format="%.2f", key="bal_min_share")
 n_clusters = controls[1].number_input("Regions (k-means clusters)", 2, 50, 10, key="bal_clusters")

@@ -177,9 +177,18 @@ def finder_context(name: str, field: str, label_field: str | None, embedded_coun
     return build_context(ds.load_dataset(name), field=field, label_field=label_field)
 
 
-def require_embeddings(dataset) -> str | None:
-    """The current embedding field, or None after telling the user how to get one."""
+def open_page(title: str, *, needs_embeddings: bool = True):
+    """Every page's start: the current dataset and embedding field, with the title drawn.
+
+    Stops the page with a message saying what to do when there is no dataset or, where the
+    page needs them, no embeddings.
+    """
+    dataset = current_dataset()
+    if dataset is None:
+        st.stop()
+    st.title(f"{title} · {dataset.name}")
     field = st.session_state["embedding_field"]
-    if not field:
+    if needs_embeddings and not field:
         st.warning(f"No embeddings yet: compute them on the **Data** page or run `curation embed --dataset {dataset.name}`.")
-    return field
+        st.stop()
+    return dataset, field

@@ -9,15 +9,9 @@ from curation.finders.base import FinderInputError
 from curation.finders.duplicates import DEFAULT_THRESHOLD, DuplicateConfig, find_duplicates, find_leaks, group_members, leak_pairs
 from curation.images import thumbnail_path
 from curation.plots import precision_recall_figure
-from pages.common import bump_data_version, current_dataset, finder_context, require_embeddings
+from pages.common import bump_data_version, finder_context, open_page
 
-dataset = current_dataset()
-if dataset is None:
-    st.stop()
-st.title(f"Duplicates · {dataset.name}")
-field = require_embeddings(dataset)
-if not field:
-    st.stop()
+dataset, field = open_page("Duplicates")
 context = finder_context(dataset.name, field, st.session_state["label_field"], dataset.exists(field).count())
 
 calibrated = stored_threshold(dataset, field)

@@ -5,15 +5,9 @@ import streamlit as st
 from curation.analysis import FINDINGS_COLUMNS, analyze, findings_table
 from curation.datasets import curation_info
 from curation.finders import FINDER_REGISTRY
-from pages.common import bump_data_version, current_dataset, require_embeddings
+from pages.common import bump_data_version, open_page
 
-dataset = current_dataset()
-if dataset is None:
-    st.stop()
-st.title(f"Findings · {dataset.name}")
-field = require_embeddings(dataset)
-if not field:
-    st.stop()
+dataset, field = open_page("Findings")
 
 chosen = st.multiselect("Finders", list(FINDER_REGISTRY), default=list(FINDER_REGISTRY), key="findings_chosen")
 if st.button("Run analysis", type="primary", disabled=not chosen):

@@ -7,16 +7,9 @@ from curation import datasets as ds
 from curation import mapview
 from curation.plots import scatter_map
 from curation.projection import ClusterConfig, ProjectionConfig
-from pages.common import bump_data_version, clusters, current_dataset, map_points, show_thumbnails
+from pages.common import bump_data_version, clusters, map_points, open_page, show_thumbnails
 
-dataset = current_dataset()
-if dataset is None:
-    st.stop()
-st.title(f"Map · {dataset.name}")
-field = st.session_state["embedding_field"]
-if not field:
-    st.warning(f"No embeddings yet: compute them on the **Data** page or run `curation embed --dataset {dataset.name}`.")
-    st.stop()
+dataset, field = open_page("Map")
 
 controls = st.columns([2, 1, 1, 1])
 color_by = controls[0].selectbox("Colour by", mapview.color_options(dataset), key="map_color_by")

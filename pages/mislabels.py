@@ -6,16 +6,10 @@ from curation.analysis import analyze
 from curation.decisions import apply_relabel, record_decision
 from curation.images import thumbnail_path
 from curation.review import mislabel_queue
-from pages.common import bump_data_version, current_dataset, require_embeddings
+from pages.common import bump_data_version, open_page
 
-dataset = current_dataset()
-if dataset is None:
-    st.stop()
-st.title(f"Suspected mislabels · {dataset.name}")
-field = require_embeddings(dataset)
+dataset, field = open_page("Suspected mislabels")
 label_field = st.session_state["label_field"]
-if not field:
-    st.stop()
 if not label_field:
     st.info("This dataset has no classification labels, so there is nothing to check.")
     st.stop()

@@ -6,14 +6,10 @@ import streamlit as st
 from curation import datasets as ds
 from curation.embeddings import embedding_failures
 from curation.plots import class_count_bar
-from pages.common import current_dataset
+from pages.common import open_page
 
-dataset = current_dataset()
-if dataset is None:
-    st.stop()
-
+dataset, _ = open_page("Overview", needs_embeddings=False)
 summary = ds.summarize(dataset, st.session_state["label_field"])
-st.title(f"Overview · {summary.name}")
 
 embedded = summary.embeddings[0] if summary.embeddings else None
 columns = st.columns(4)

@@ -137,9 +137,11 @@ def find_duplicates(context: FinderContext, config: DuplicateConfig = DuplicateC
         existing = near[members][near[members] >= 0]
         near[members] = existing[0] if existing.size else offset + group
     keep = suggest_keepers(near, context.filepaths, context.labels)
-    has_neighbor = context.neighbor_indices[:, 0] >= 0 if count and context.neighbor_indices.shape[1] else np.zeros(count, bool)
-    nearest = np.where(has_neighbor, context.neighbor_indices[:, 0] if count and context.neighbor_indices.shape[1] else -1, -1)
-    nearest_similarity = np.where(has_neighbor, context.neighbor_similarities[:, 0] if has_neighbor.size else 0, np.nan)
+    if count and context.neighbor_indices.shape[1]:
+        nearest = context.neighbor_indices[:, 0]
+        nearest_similarity = np.where(nearest >= 0, context.neighbor_similarities[:, 0], np.nan).astype(float)
+    else:
+        nearest, nearest_similarity = np.full(count, -1), np.full(count, np.nan)
     table = pd.DataFrame({
         "score": np.clip(np.nan_to_num(nearest_similarity, nan=0.0), 0, 1),
         "is_issue": (near >= 0) & ~keep,
