@@ -139,7 +139,7 @@ def _column(result: FinderResult | None, column: str, ids: np.ndarray):
 # Which finder owns which sample field, and the field's type.
 _FIELDS_BY_FINDER = {
     "mislabels": {"mislabel_score": "float", "suggested_label": "str", "uncertainty_score": "float",
-                  "suggested_confidence": "float", "mislabel_reason": "str"},
+                  "suggested_confidence": "float", "mislabel_reason": "str", "mislabel_disagreeing_ids": "list"},
     "duplicates": {"near_duplicate_group": "int", "nearest_neighbor_filepath": "str", "nearest_neighbor_similarity": "float"},
     "leakage": {"leak_filepath": "str", "leak_similarity": "float"},
     "outliers": {"outlier_score": "float"},
@@ -169,7 +169,10 @@ def _ensure_field(dataset, name: str, kind: str) -> None:
     import fiftyone as fo
 
     if not dataset.has_sample_field(name):
-        dataset.add_sample_field(name, {"float": fo.FloatField, "int": fo.IntField, "str": fo.StringField}[kind])
+        if kind == "list":
+            dataset.add_sample_field(name, fo.ListField, subfield=fo.StringField)
+        else:
+            dataset.add_sample_field(name, {"float": fo.FloatField, "int": fo.IntField, "str": fo.StringField}[kind])
 
 
 def write_findings(dataset, context: FinderContext, report: AnalysisReport, *, n_clusters: int = 10) -> None:
@@ -189,6 +192,8 @@ def write_findings(dataset, context: FinderContext, report: AnalysisReport, *, n
         values["uncertainty_score"] = _column(results["mislabels"], "uncertainty_score", ids)
         values["suggested_confidence"] = _column(results["mislabels"], "suggested_confidence", ids)
         values["mislabel_reason"] = _column(results["mislabels"], "reason", ids)
+        values["mislabel_disagreeing_ids"] = [list(v) if v is not None else None
+                                              for v in _column(results["mislabels"], "disagreeing_neighbors", ids)]
     if "duplicates" in results:
         groups = _column(results["duplicates"], "near_duplicate_group", ids)
         values["near_duplicate_group"] = [None if (g is None or g < 0) else int(g) for g in groups]

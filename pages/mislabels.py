@@ -5,7 +5,7 @@ import streamlit as st
 from curation.analysis import analyze
 from curation.decisions import apply_relabel, record_decision
 from curation.images import thumbnail_path
-from curation.review import mislabel_queue
+from curation.review import mislabel_queue, sample_previews
 from pages.common import bump_data_version, open_page
 
 dataset, field = open_page("Suspected mislabels")
@@ -50,6 +50,13 @@ for row in view.head(30).itertuples(index=False):
                           f"({row.suggested_confidence:.0%}) · score **{row.mislabel_score:.2f}**"
                           + (f" · decided: {row.decision}" if isinstance(row.decision, str) else ""))
         cells[1].caption(row.mislabel_reason or "")
+        neighbours = sample_previews(dataset, list(row.mislabel_disagreeing_ids or [])[:4], label_field)
+        if len(neighbours):
+            previews = cells[1].columns(6)
+            for position, neighbour in enumerate(neighbours.itertuples(index=False)):
+                thumb = thumbnail_path(neighbour.filepath)
+                if thumb:
+                    previews[position].image(str(thumb), caption=f"neighbour: {neighbour.label}", width="stretch")
         actions = cells[2]
         if actions.button(f"Accept '{row.suggested_label}'", key=f"accept_{row.id}", type="primary", width="stretch"):
             apply_relabel(dataset, [row.id], row.suggested_label, label_field=label_field,

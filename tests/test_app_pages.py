@@ -175,6 +175,8 @@ def test_mislabels_page_checks_labels_and_accepts_a_suggestion(app, small_class_
     accept.click().run()
     assert not at.exception
     planted.reload()
+    neighbours = planted["mislabel_disagreeing_ids"]
+    assert neighbours and all(dataset[n].ground_truth.label != "bag" for n in neighbours)
     assert planted.ground_truth.label == "trouser"
     assert planted["previous_label"] == "bag" and planted["decision"] == "relabel"
     assert planted["decision_source"] == "mislabels"
