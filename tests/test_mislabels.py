@@ -139,9 +139,33 @@ def test_weights_select_the_signals(flipped_context):
     np.testing.assert_allclose(only_neighbours["score"], 1 - only_neighbours["neighbor_agreement"])
 
 
-def test_threshold_alone_flags_without_cleanlab(flipped_context):
-    table = find_mislabels(flipped_context, MislabelConfig(use_cleanlab_flag=False, threshold=0.5)).table
-    assert (table["is_issue"] == (table["score"] >= 0.5)).all()
+def test_default_flag_is_a_high_score_with_another_suggestion(flipped_context):
+    table = find_mislabels(flipped_context, MislabelConfig(threshold=0.5)).table
+    other = table["suggested_label"] != table["given_label"]
+    assert (table["is_issue"] == ((table["score"] >= 0.5) & other)).all()
+
+
+def test_or_rule_adds_cleanlab_flags(flipped_context):
+    table = find_mislabels(flipped_context, MislabelConfig(use_cleanlab_flag=True, threshold=0.95)).table
+    other = table["suggested_label"] != table["given_label"]
+    assert (table["is_issue"] == (table["cleanlab_issue"] | ((table["score"] >= 0.95) & other))).all()
+    assert table["cleanlab_issue"].sum() >= len(FLIPPED)
+
+
+def test_cleanlab_can_run_on_the_classifier_alone(flipped_context):
+    table = find_mislabels(flipped_context, MislabelConfig(cleanlab_on="classifier")).table
+    assert set(table.index[table["cleanlab_issue"]]) >= {flipped_context.ids[row] for row in FLIPPED}
+
+
+def test_hard_but_not_contradicted_samples_are_not_flagged():
+    # Two overlapping classes: many samples sit between them with probabilities near 0.5.
+    rng = np.random.default_rng(5)
+    vectors = np.vstack([rng.normal(0.0, 1.0, size=(40, 4)), rng.normal(0.3, 1.0, size=(40, 4))]) + 5.0
+    labels = np.array(["a"] * 40 + ["b"] * 40, dtype=object)
+    table = find_mislabels(make_context(vectors, labels=labels, k=10), MislabelConfig(threshold=0.45)).table
+    agreeing = table["suggested_label"] == table["given_label"]
+    assert agreeing.any() and not table.loc[agreeing, "is_issue"].any()
+    assert (table.loc[agreeing, "score"] >= 0.45).any()  # high enough, but nothing better to suggest
 
 
 # ---------------------------------------------------------------------------------------
@@ -260,6 +284,51 @@ def test_zero_shot_is_skipped_for_a_model_without_text_encoder(flipped_context):
     assert result.table["zero_shot_quality"].isna().all()
 
 
+def test_zero_shot_uses_the_model_text_encoder_with_the_prompt(flipped_context, monkeypatch):
+    import curation.models
+    from curation.finders import mislabels
+
+    _, truth = blobs()
+    centroids = {name: flipped_context.embeddings[truth == name].mean(axis=0) for name in np.unique(truth)}
+    prompts_seen = []
+
+    class FakeClip:
+        supports_text = True
+
+        def encode_texts(self, texts):
+            prompts_seen.extend(texts)
+            return np.stack([centroids[text.rsplit(" ", 1)[-1]] for text in texts]).astype(np.float32)
+
+    monkeypatch.setattr(curation.models, "load_embedder", lambda spec, **kwargs: FakeClip())
+    mislabels._model_text_embeddings.cache_clear()
+    try:
+        context = dataclasses.replace(flipped_context, model_name="clip-vit-b32-openai", extras={})
+        result = find_mislabels(context)
+    finally:
+        mislabels._model_text_embeddings.cache_clear()
+    assert prompts_seen == ["a photo of a c0", "a photo of a c1", "a photo of a c2", "a photo of a c3"]
+    assert result.info["signals"][-1] == "zero-shot"
+    assert result.info["zero_shot"] == "clip-vit-b32-openai text encoder, prompt 'a photo of a {label}'"
+
+
+def test_zero_shot_is_skipped_when_clip_weights_cannot_be_loaded(flipped_context, monkeypatch):
+    import curation.models
+    from curation.finders import mislabels
+
+    def unavailable(spec, **kwargs):
+        raise curation.models.ModelUnavailableError("weights are not cached and HF_HUB_OFFLINE is set")
+
+    monkeypatch.setattr(curation.models, "load_embedder", unavailable)
+    mislabels._model_text_embeddings.cache_clear()
+    try:
+        result = find_mislabels(dataclasses.replace(flipped_context, model_name="clip-vit-b32-openai", extras={}))
+    finally:
+        mislabels._model_text_embeddings.cache_clear()
+    assert result.info["zero_shot"] == ("skipped: cannot load clip-vit-b32-openai's text encoder: "
+                                        "weights are not cached and HF_HUB_OFFLINE is set")
+    assert result.info["signals"] == ["classifier (cleanlab)", "neighbours"]
+
+
 def test_two_classes_of_two_samples_run():
     vectors = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     table = find_mislabels(make_context(vectors, labels=["a", "a", "b", "b"], k=3)).table
@@ -334,9 +403,11 @@ def test_out_of_range_neighbour_indices_are_refused(flipped_context):
         ({"quality_method": "vibes"}, "mislabel quality_method: expected one of self_confidence, .* got 'vibes'"),
         ({"n_neighbors": 0}, "mislabel n_neighbors: expected at least 1, got 0"),
         ({"n_folds": 1}, "mislabel n_folds: expected at least 2, got 1"),
+        ({"cleanlab_on": "both"}, "mislabel cleanlab_on: expected one of combined, classifier, got 'both'"),
         ({"prompt_template": "a photo"}, "mislabel prompt_template: expected a '\\{label\\}' placeholder, got 'a photo'"),
     ],
-    ids=["negative-weight", "zero-weights", "threshold", "filter-by", "quality-method", "neighbours", "folds", "prompt"],
+    ids=["negative-weight", "zero-weights", "threshold", "filter-by", "quality-method", "neighbours", "folds",
+         "cleanlab-on", "prompt"],
 )
 def test_bad_settings_are_refused(flipped_context, settings, message):
     with pytest.raises(FinderInputError, match=message):
@@ -504,7 +575,9 @@ def test_flipped_labels_of_real_images_rank_near_the_top(embedded_dataset):
     truth = np.zeros(len(labels), dtype=bool)
     truth[flipped] = True
     # 60 images, 6 per class, ImageNet features of Fashion-MNIST: weak evidence, so a modest
-    # floor. A random ranking has AP 4/60 = 0.07; this one has 0.35 (0.35-0.83 over 6 seeds).
+    # floor. A random ranking has AP 4/60 = 0.07; this one has 0.35 (0.35-0.80 over flip
+    # seeds 0-5), and the flag stays cautious (5-6 flagged, 1-3 of them flips).
     assert average_precision_score(truth, result.table["score"].fillna(0)) >= 0.25
-    assert result.table["is_issue"].to_numpy()[flipped].sum() >= 3
+    flagged = result.table["is_issue"].to_numpy()
+    assert 1 <= flagged[flipped].sum() and flagged.sum() <= 10
     assert "the classifier agrees with" in result.summary
