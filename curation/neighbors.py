@@ -42,10 +42,10 @@ logger = logging.getLogger(__name__)
 NEIGHBOR_METHODS = ("auto", "exact", "approx")
 DEVICES = ("auto", "cpu", "cuda")
 
-#: ``auto`` uses exact search up to this many valid rows (on the CPU) and HNSW above. Below
-#: it exact search takes no longer than building and querying the HNSW index (measured on
-#: two cores, see ``benchmarks/README.md``), and it is exact.
-EXACT_MAX_SAMPLES = 50_000
+#: ``auto`` uses exact search up to this many valid rows (on the CPU) and HNSW above. Measured
+#: on two shared cores, 512-d (``benchmarks/README.md``): CPU seconds exact / HNSW were
+#: 20 / 26 at 50k and 38 / 34 at 70k, so below this size exact is no slower, and it is exact.
+EXACT_MAX_SAMPLES = 60_000
 
 #: Rows per square tile in CPU exact search: a tile is block_size**2 float32 (64 MiB at 4096).
 DEFAULT_CPU_BLOCK = 4096
@@ -53,10 +53,11 @@ DEFAULT_CPU_BLOCK = 4096
 GPU_TILE_BYTES = 1 << 30
 
 #: HNSW settings: M links per node, efConstruction and efSearch candidate lists. Measured
-#: recall@15 (100k clustered 512-d / Fashion-MNIST 70k x 784): efSearch 64: 0.984 / 0.9955,
-#: 128: 0.996 / 0.9975, for about 1.5x the time; M=16 lost 3-8 points at the same cost.
+#: recall@15 at efSearch 128, efConstruction 40 / 80: 200k clustered 512-d rows with 1,000
+#: per cluster (the density of the 1M benchmark) 0.943 / 0.995, for 73 / 76 CPU seconds;
+#: Fashion-MNIST 70k x 784 0.9975 / 0.990. efSearch 64 lost 0.5-1.5 points; M=16 lost 3-8.
 HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 40
+HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 
 
