@@ -283,7 +283,8 @@ def _describe(row: dict) -> str:
         return f"{row['data']} {row['method']}: skipped ({row['skipped']})"
     if "error" in row:
         return f"{row['data']} {row['method']}: error {row['error']}"
-    return (f"{row['data']} {row['method']}: {row['seconds']:.1f} s ({row['cpu_seconds']:.1f} CPU s), peak RSS {row['peak_rss_gib']:.2f} GiB, "
+    return (f"{row['data']} {row['method']}: {row['seconds']:.1f} s ({row['cpu_seconds']:.1f} CPU s), "
+            f"peak RSS {row['peak_rss_gib']:.2f} GiB, "
             f"recall {row['recall']:.4f}")
 
 
@@ -298,7 +299,8 @@ def _markdown(rows: list[dict], environment: dict) -> str:
             note = row.get("skipped") or f"error: {row['error']}"
             lines.append(f"| {row['data']} | {row['rows']:,} | {row['method']} | {note} | | | | | |")
             continue
-        lines.append(f"| {row['data']} | {row['rows']:,} | {row['method']} | {row['backend']} | {row['seconds']:.1f} | {row['cpu_seconds']:.1f} | "
+        lines.append(f"| {row['data']} | {row['rows']:,} | {row['method']} | {row['backend']} | {row['seconds']:.1f} | "
+                     f"{row['cpu_seconds']:.1f} | "
                      f"{row['peak_rss_gib']:.2f} | {row['rss_over_data_gib']:.2f} | {row['recall']:.4f} |")
     return "\n".join(lines)
 
