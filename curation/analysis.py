@@ -139,12 +139,17 @@ def _column(result: FinderResult | None, column: str, ids: np.ndarray):
 # Which finder owns which sample field, and the field's type.
 _FIELDS_BY_FINDER = {
     "mislabels": {"mislabel_score": "float", "suggested_label": "str", "uncertainty_score": "float",
-                  "suggested_confidence": "float", "mislabel_reason": "str", "mislabel_disagreeing_ids": "list"},
-    "duplicates": {"near_duplicate_group": "int", "nearest_neighbor_filepath": "str", "nearest_neighbor_similarity": "float"},
-    "leakage": {"leak_filepath": "str", "leak_similarity": "float"},
-    "outliers": {"outlier_score": "float"},
-    "label_next": {"uncertainty_score": "float", "label_next_rank": "int"},
+                  "suggested_confidence": "float", "mislabel_reason": "str", "mislabel_disagreeing_ids": "list",
+                  "mislabel_flag": "bool"},
+    "duplicates": {"near_duplicate_group": "int", "nearest_neighbor_filepath": "str", "nearest_neighbor_similarity": "float",
+                   "duplicate_flag": "bool", "duplicate_keeper": "bool"},
+    "leakage": {"leak_filepath": "str", "leak_similarity": "float", "leak_flag": "bool"},
+    "outliers": {"outlier_score": "float", "outlier_flag": "bool"},
+    "label_next": {"uncertainty_score": "float", "label_next_rank": "int", "label_next_flag": "bool"},
 }
+# Per finder, the boolean sample field that says "this finder flags the sample" (its ``is_issue``).
+FLAG_FIELDS = {"mislabels": "mislabel_flag", "duplicates": "duplicate_flag", "leakage": "leak_flag",
+               "outliers": "outlier_flag", "label_next": "label_next_flag"}
 
 
 def _jsonable(value):
@@ -172,7 +177,8 @@ def _ensure_field(dataset, name: str, kind: str) -> None:
         if kind == "list":
             dataset.add_sample_field(name, fo.ListField, subfield=fo.StringField)
         else:
-            dataset.add_sample_field(name, {"float": fo.FloatField, "int": fo.IntField, "str": fo.StringField}[kind])
+            kinds = {"float": fo.FloatField, "int": fo.IntField, "str": fo.StringField, "bool": fo.BooleanField}
+            dataset.add_sample_field(name, kinds[kind])
 
 
 def write_findings(dataset, context: FinderContext, report: AnalysisReport, *, n_clusters: int = 10) -> None:
@@ -208,6 +214,13 @@ def write_findings(dataset, context: FinderContext, report: AnalysisReport, *, n
         # Defined for unlabelled samples too, where the mislabel finder has nothing to say.
         values["uncertainty_score"] = _column(results["label_next"], "score", ids)
         values["label_next_rank"] = [None if r is None else int(r) for r in _column(results["label_next"], "label_next_rank", ids)]
+    for name, result in results.items():
+        if name in FLAG_FIELDS:
+            values[FLAG_FIELDS[name]] = [bool(v) for v in _column(result, "is_issue", ids)]
+    if "duplicates" in results:
+        in_group = [g is not None for g in values["near_duplicate_group"]]
+        keep = _column(results["duplicates"], "keep", ids)
+        values["duplicate_keeper"] = [bool(k) if member else None for k, member in zip(keep, in_group)]
     values["cluster"] = compute_clusters(context.embeddings, ClusterConfig(n_clusters=n_clusters)).tolist()
     kinds = {name: kind for fields in _FIELDS_BY_FINDER.values() for name, kind in fields.items()} | {"cluster": "int"}
     for name, column in values.items():

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 
 
@@ -35,3 +39,102 @@ def sample_previews(dataset, sample_ids: list[str], label_field: str | None) -> 
     fields = ["id", "filepath"] + ([f"{label_field}.label"] if label_field else [])
     values = view.values(fields)
     return pd.DataFrame({"id": values[0], "filepath": values[1], "label": values[2] if label_field else None})
+
+
+# The finders that feed the review queue, in display order, with the score that ranks a
+# flagged sample within each (all in [0, 1], higher = more likely a problem).
+QUEUE_FINDERS = {
+    "mislabels": ("mislabel_flag", "mislabel_score"),
+    "duplicates": ("duplicate_flag", "nearest_neighbor_similarity"),
+    "leakage": ("leak_flag", "leak_similarity"),
+    "outliers": ("outlier_flag", "outlier_score"),
+    "label_next": ("label_next_flag", "uncertainty_score"),
+}
+QUEUE_COLUMNS = ["id", "filepath", "label", "suggested_label", "priority", "finders", "reason", "mislabel_score",
+                 "nearest_neighbor_similarity", "leak_similarity", "outlier_score", "uncertainty_score", "decision",
+                 "tags", "cluster"]
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    """What the review queue shows. Empty tuples mean "no restriction"."""
+
+    finders: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()          # e.g. a lasso selection on the map
+    min_priority: float = 0.0
+    include_decided: bool = False
+
+
+def _reason(row: dict, flagged: list[str]) -> str:
+    parts = []
+    for name in flagged:
+        if name == "mislabels":
+            parts.append(row.get("mislabel_reason") or f"mislabel score {row['mislabel_score']:.2f}")
+        elif name == "duplicates":
+            parts.append(f"near duplicate of {Path(row['nearest_neighbor_filepath'] or '?').name} "
+                         f"(similarity {row['nearest_neighbor_similarity']:.3f}), not the suggested keeper")
+        elif name == "leakage":
+            parts.append(f"same image in another split: {Path(row['leak_filepath'] or '?').name} "
+                         f"(similarity {row['leak_similarity']:.3f})")
+        elif name == "outliers":
+            parts.append(f"far from everything (outlier score {row['outlier_score']:.2f})")
+        elif name == "label_next":
+            parts.append(f"worth labelling next (uncertainty {row['uncertainty_score']:.2f})")
+    return "; ".join(parts)
+
+
+def review_queue(dataset, label_field: str | None, queue_filter: QueueFilter = QueueFilter()) -> pd.DataFrame:
+    """Every sample some finder flags, merged into one ranked queue.
+
+    ``priority`` combines the scores of the finders that flag a sample as a noisy-OR,
+    ``1 - prod(1 - score)``: one strong finding ranks high, and agreeing finders rank a
+    sample above any of them alone. ``finders`` lists who flagged it; ``reason`` says why in
+    words. Undecided samples only unless ``include_decided``.
+
+    Raises:
+        ValueError: an unknown finder name in the filter (the message lists the valid ones).
+    """
+    unknown = [name for name in queue_filter.finders if name not in QUEUE_FINDERS]
+    if unknown:
+        raise ValueError(f"review queue: unknown finder {unknown[0]!r}. Available: {', '.join(QUEUE_FINDERS)}")
+    present = {name: spec for name, spec in QUEUE_FINDERS.items() if dataset.has_sample_field(spec[0])}
+    if queue_filter.finders:
+        present = {name: spec for name, spec in present.items() if name in queue_filter.finders}
+    if not present:
+        return pd.DataFrame(columns=QUEUE_COLUMNS)
+    from fiftyone import ViewField as F
+
+    view = dataset.match(F.any([F(flag) == True for flag, _ in present.values()]))  # noqa: E712
+    if queue_filter.ids:
+        view = view.select(list(queue_filter.ids))
+    if queue_filter.tags:
+        view = view.match_tags(list(queue_filter.tags))
+    if label_field and queue_filter.classes:
+        view = view.match(F(f"{label_field}.label").is_in(list(queue_filter.classes)))
+    if not queue_filter.include_decided and dataset.has_sample_field("decision"):
+        view = view.match((F("decision") == None) | (F("decision") == ""))  # noqa: E711
+    wanted = ["id", "filepath", "tags"] + [f for spec in present.values() for f in spec]
+    optional = ["suggested_label", "mislabel_score", "mislabel_reason", "nearest_neighbor_filepath",
+                "nearest_neighbor_similarity", "leak_filepath", "leak_similarity", "outlier_score", "uncertainty_score",
+                "decision", "cluster"]
+    fields = list(dict.fromkeys(wanted + [name for name in optional if dataset.has_sample_field(name)]))
+    table = pd.DataFrame(dict(zip(fields, view.values(fields))))
+    table["label"] = view.values(f"{label_field}.label") if label_field else None
+    for name in optional:
+        if name not in table:
+            table[name] = None
+    if table.empty:
+        return pd.DataFrame(columns=QUEUE_COLUMNS)
+    records = table.to_dict("records")
+    priorities, finders, reasons = [], [], []
+    for row in records:
+        flagged = [name for name, (flag, _) in present.items() if row.get(flag)]
+        scores = [min(max(float(row[score] or 0.0), 0.0), 1.0) for name, (_, score) in present.items() if name in flagged]
+        priorities.append(1.0 - float(np.prod([1.0 - s for s in scores])) if scores else 0.0)
+        finders.append(flagged)
+        reasons.append(_reason(row, flagged))
+    table["priority"], table["finders"], table["reason"] = priorities, finders, reasons
+    table = table[table["priority"] >= queue_filter.min_priority]
+    return table[QUEUE_COLUMNS].sort_values("priority", ascending=False, kind="stable").reset_index(drop=True)
