@@ -171,6 +171,190 @@ def cmd_doctor(args) -> int:
     return 0 if status.ok else 1
 
 
+def _label_field(dataset, args) -> str | None:
+    from curation.datasets import default_label_field
+
+    return getattr(args, "label_field", None) or default_label_field(dataset)
+
+
+def _read_ids(args) -> tuple[str, ...]:
+    ids = [i.strip() for i in (args.ids or "").split(",") if i.strip()]
+    if getattr(args, "ids_file", None):
+        from pathlib import Path
+
+        path = Path(args.ids_file)
+        if not path.exists():
+            raise FileNotFoundError(f"--ids-file {path}: no such file")
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if lines and lines[0].split(",")[0].strip().lower() == "id":  # a CSV whose first column is id
+            lines = lines[1:]
+        ids += [line.split(",")[0] for line in lines]
+    return tuple(dict.fromkeys(ids))
+
+
+def _view_spec(args):
+    from curation.export import ViewSpec
+
+    def names(text):
+        return tuple(t.strip() for t in (text or "").split(",") if t.strip())
+
+    max_scores = []
+    for item in args.max_score or []:
+        name, _, value = item.partition("=")
+        try:
+            max_scores.append((name.strip(), float(value)))
+        except ValueError:
+            raise CommandError(f"--max-score: expected FIELD=VALUE like mislabel_score=0.9, got {item!r}") from None
+    return ViewSpec(tags=names(args.tags), exclude_tags=names(args.exclude_tags), decisions=names(args.decisions),
+                    classes=names(args.classes), ids=_read_ids(args), max_scores=tuple(max_scores),
+                    split_field=args.split_field, splits=names(args.splits), exclude_removed=not args.include_removed)
+
+
+def cmd_queue(args) -> int:
+    from curation.datasets import load_dataset
+    from curation.review import QueueFilter, review_queue
+
+    dataset = load_dataset(args.dataset)
+    names = lambda text: tuple(t.strip() for t in (text or "").split(",") if t.strip())  # noqa: E731
+    queue = review_queue(dataset, _label_field(dataset, args), QueueFilter(
+        finders=names(args.finders), classes=names(args.classes), tags=names(args.tags),
+        min_priority=args.min_priority, include_decided=args.include_decided))
+    if args.out:
+        queue.assign(finders=queue["finders"].map(",".join)).to_csv(args.out, index=False)
+        print(f"wrote {len(queue)} rows to {args.out}")
+        return 0
+    print(f"{len(queue)} samples to review")
+    for row in queue.head(args.limit).itertuples():
+        print(f"{row.priority:.3f}  {row.id}  {row.label}  [{','.join(row.finders)}]  {row.reason}")
+    return 0
+
+
+def cmd_decide(args) -> int:
+    from curation.datasets import load_dataset
+    from curation.decisions import accept_suggestions, apply_relabel, record_decision
+    from curation.export import build_view
+
+    dataset = load_dataset(args.dataset)
+    label_field = _label_field(dataset, args)
+    spec = _view_spec(args)
+    if spec == type(spec)():
+        raise CommandError("decide: name the samples with --ids, --ids-file, --tags, --classes or another view option")
+    from dataclasses import replace
+
+    ids = build_view(dataset, label_field, replace(spec, exclude_removed=False)).values("id")
+    if args.decision == "relabel" and args.accept_suggestion:
+        count = accept_suggestions(dataset, ids, label_field=label_field, source="cli")
+    elif args.decision == "relabel":
+        if not args.label:
+            raise CommandError("decide relabel: expected --label CLASS or --accept-suggestion")
+        count = apply_relabel(dataset, ids, args.label, label_field=label_field, reason=args.reason, source="cli")
+    else:
+        count = record_decision(dataset, ids, args.decision, reason=args.reason, source="cli")
+    print(f"{args.decision}: {count} samples")
+    return 0
+
+
+def cmd_undo(args) -> int:
+    from curation.datasets import load_dataset
+    from curation.decisions import clear_decision, undo_decision
+
+    dataset = load_dataset(args.dataset)
+    ids = list(_read_ids(args))
+    if not ids:
+        raise CommandError("undo: name the samples with --ids or --ids-file")
+    count = clear_decision(dataset, ids) if args.all else undo_decision(dataset, ids)
+    print(f"undid {count} decision(s)")
+    return 0
+
+
+def cmd_split(args) -> int:
+    from curation.datasets import load_dataset
+    from curation.splits import SplitConfig, make_splits, parse_ratios, write_splits
+
+    dataset = load_dataset(args.dataset)
+    config = SplitConfig(ratios=parse_ratios(args.ratios), seed=args.seed, group_field=args.group_field,
+                         use_duplicate_groups=not args.no_duplicate_groups, balance=args.balance, cap=args.cap,
+                         target=args.target, balance_splits=tuple(s.strip() for s in args.balance_splits.split(",")),
+                         exclude_removed=not args.include_removed)
+    result = make_splits(dataset, _label_field(dataset, args), config)
+    if not args.dry_run:
+        write_splits(dataset, result, field=args.field, tags=args.tags)
+    print(result.distribution.to_string())
+    counts = ", ".join(f"{name} {count}" for name, count in result.counts().items())
+    excluded = int(result.distribution["excluded"].sum())
+    print(f"{'would write' if args.dry_run else 'wrote'} split to field {args.field!r}: {counts}; excluded {excluded}; "
+          f"{result.n_groups} groups (largest {result.largest_group})")
+    if result.class_weights:
+        print("class weights: " + ", ".join(f"{k}={v:.4f}" for k, v in result.class_weights.items()))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from curation.datasets import load_dataset
+    from curation.export import export_dataset
+
+    dataset = load_dataset(args.dataset)
+    embeddings_field = None
+    if args.embeddings:
+        from curation.embeddings import default_embedding_field
+
+        embeddings_field = args.embeddings_field or default_embedding_field(dataset)
+    report = export_dataset(dataset, args.out, format=args.format, label_field=_label_field(dataset, args),
+                            spec=_view_spec(args), embeddings_field=embeddings_field, overwrite=args.overwrite)
+    splits = ", ".join(f"{name} {count}" for name, count in report.per_split.items())
+    print(f"exported {report.samples} samples ({splits}) as {report.format} to {report.out_dir}; "
+          f"provenance in {report.out_dir / 'provenance.json'}")
+    for reason, count in report.left_out.items():
+        print(f"left out {count}: {reason}", file=sys.stderr)
+    return 0
+
+
+def cmd_relabel_export(args) -> int:
+    from curation.datasets import load_dataset
+    from curation.export import build_view
+    from curation.relabel import export_annotation_task
+
+    dataset = load_dataset(args.dataset)
+    label_field = _label_field(dataset, args)
+    spec = _view_spec(args)
+    ids = None if spec == type(spec)() else build_view(dataset, label_field, spec).values("id")
+    task = export_annotation_task(dataset, args.out, format=args.tool, label_field=label_field, sample_ids=ids,
+                                  overwrite=args.overwrite)
+    print(f"wrote a {task.format} task with {task.n_samples} images and {len(task.classes)} classes to {task.out_dir}")
+    return 0
+
+
+def cmd_relabel_import(args) -> int:
+    from curation.datasets import load_dataset
+    from curation.relabel import import_annotations
+
+    dataset = load_dataset(args.dataset)
+    result = import_annotations(dataset, args.source, label_field=_label_field(dataset, args), format=args.tool,
+                                dry_run=args.dry_run)
+    for sample_id, old, new in result.changed:
+        print(f"{sample_id}: {old} -> {new}")
+    for problem in result.problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    print(result.summary())
+    return 0
+
+
+def _add_view_options(parser: argparse.ArgumentParser) -> None:
+    view = parser.add_argument_group("which samples (all options combine)")
+    view.add_argument("--ids", help="comma-separated sample ids")
+    view.add_argument("--ids-file", help="file with one sample id per line (or a CSV whose first column is id)")
+    view.add_argument("--tags", help="samples with any of these tags")
+    view.add_argument("--exclude-tags", help="leave out samples with any of these tags")
+    view.add_argument("--decisions", help="only these decisions (keep, relabel, annotate, dismiss, none)")
+    view.add_argument("--classes", help="only these classes")
+    view.add_argument("--max-score", action="append", metavar="FIELD=VALUE",
+                      help="leave out samples scoring at or above VALUE, e.g. mislabel_score=0.9 (repeatable)")
+    view.add_argument("--split-field", help="field with the split (e.g. curation_split); lays the export out per split")
+    view.add_argument("--splits", help="only these splits")
+    view.add_argument("--include-removed", action="store_true", help="keep samples decided 'remove'")
+    view.add_argument("--label-field", help="classification field (default: the dataset's)")
+
+
 def _add_embed_options(parser: argparse.ArgumentParser) -> None:
     from curation.models import DEFAULT_MODEL, MODEL_REGISTRY
 
@@ -189,8 +373,10 @@ def _add_map_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from curation.importers import FORMATS
     from curation.datasets import DEFAULT_LABEL_FIELD
+    from curation.export import EXPORT_FORMATS
+    from curation.importers import FORMATS
+    from curation.relabel import EXPORT_FORMATS as RELABEL_TOOLS
 
     parser = argparse.ArgumentParser(prog="curation", description="Curate image datasets: import, embed, map.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -245,6 +431,78 @@ def build_parser() -> argparse.ArgumentParser:
     finding.add_argument("--out", required=True, help="CSV file to write")
     finding.set_defaults(handler=cmd_findings)
 
+    queueing = commands.add_parser("queue", help="print or save the ranked review queue of every finder's flags")
+    queueing.add_argument("--dataset", required=True)
+    queueing.add_argument("--finders", help="comma-separated finders (default: all)")
+    queueing.add_argument("--classes", help="only these classes")
+    queueing.add_argument("--tags", help="only samples with these tags")
+    queueing.add_argument("--min-priority", type=float, default=0.0)
+    queueing.add_argument("--include-decided", action="store_true")
+    queueing.add_argument("--label-field")
+    queueing.add_argument("--limit", type=int, default=20, help="rows to print")
+    queueing.add_argument("--out", help="write the whole queue as CSV instead")
+    queueing.set_defaults(handler=cmd_queue)
+
+    deciding = commands.add_parser("decide", help="record a decision (keep, remove, relabel, annotate, dismiss)")
+    deciding.add_argument("--dataset", required=True)
+    deciding.add_argument("--decision", required=True, choices=("keep", "remove", "relabel", "annotate", "dismiss"))
+    deciding.add_argument("--label", help="the new class, for relabel")
+    deciding.add_argument("--accept-suggestion", action="store_true", help="relabel each sample to its suggested label")
+    deciding.add_argument("--reason", default="", help="free text stored with the decision")
+    _add_view_options(deciding)
+    deciding.set_defaults(handler=cmd_decide)
+
+    undoing = commands.add_parser("undo", help="undo the latest decision of samples (--all: every decision)")
+    undoing.add_argument("--dataset", required=True)
+    undoing.add_argument("--ids", help="comma-separated sample ids")
+    undoing.add_argument("--ids-file", help="file with one sample id per line")
+    undoing.add_argument("--all", action="store_true", help="undo every decision, back to the original state")
+    undoing.set_defaults(handler=cmd_undo)
+
+    splitting = commands.add_parser("split", help="stratified, leakage-free, optionally balanced train/val/test splits")
+    splitting.add_argument("--dataset", required=True)
+    splitting.add_argument("--ratios", default="0.8,0.1,0.1", help="train,val,test shares, or name=share,...")
+    splitting.add_argument("--seed", type=int, default=0)
+    splitting.add_argument("--group-field", help="samples sharing this field's value stay in one split (patient, video)")
+    splitting.add_argument("--no-duplicate-groups", action="store_true",
+                           help="do not keep near-duplicate groups and leak pairs together")
+    splitting.add_argument("--balance", default="none", choices=("none", "cap", "undersample", "weights"))
+    splitting.add_argument("--cap", type=int, help="samples per class at most (--balance cap)")
+    splitting.add_argument("--target", type=int, help="samples per class (--balance undersample; default: smallest class)")
+    splitting.add_argument("--balance-splits", default="train", help="splits that balancing applies to")
+    splitting.add_argument("--include-removed", action="store_true", help="give samples decided 'remove' a split too")
+    splitting.add_argument("--field", default="curation_split", help="sample field to write the split to")
+    splitting.add_argument("--tags", action="store_true", help="also tag samples with their split name")
+    splitting.add_argument("--label-field")
+    splitting.add_argument("--dry-run", action="store_true", help="print the split without writing it")
+    splitting.set_defaults(handler=cmd_split)
+
+    exporting = commands.add_parser("export", help="export a curated subset with a provenance manifest")
+    exporting.add_argument("--dataset", required=True)
+    exporting.add_argument("--format", required=True, choices=tuple(EXPORT_FORMATS))
+    exporting.add_argument("--out", required=True, help="directory to create (never silently replaced)")
+    exporting.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
+    exporting.add_argument("--embeddings", action="store_true", help="include embeddings (csv, parquet)")
+    exporting.add_argument("--embeddings-field", help="which embeddings (default: the dataset's latest)")
+    _add_view_options(exporting)
+    exporting.set_defaults(handler=cmd_export)
+
+    task = commands.add_parser("relabel-export", help="write samples sent to annotation as a CVAT or Label Studio task")
+    task.add_argument("--dataset", required=True)
+    task.add_argument("--tool", required=True, choices=RELABEL_TOOLS)
+    task.add_argument("--out", required=True)
+    task.add_argument("--overwrite", action="store_true")
+    _add_view_options(task)
+    task.set_defaults(handler=cmd_relabel_export)
+
+    corrections = commands.add_parser("relabel-import", help="apply corrected labels from a CVAT or Label Studio export")
+    corrections.add_argument("--dataset", required=True)
+    corrections.add_argument("--from", dest="source", required=True, help="annotations.xml, a CVAT zip, or Label Studio JSON")
+    corrections.add_argument("--tool", choices=RELABEL_TOOLS, help="default: detected from the file")
+    corrections.add_argument("--label-field")
+    corrections.add_argument("--dry-run", action="store_true", help="show the changes without writing them")
+    corrections.set_defaults(handler=cmd_relabel_import)
+
     doctor = commands.add_parser("doctor", help="check that FiftyOne's database is usable")
     doctor.set_defaults(handler=cmd_doctor)
     return parser
@@ -261,9 +519,10 @@ def main(argv: list[str] | None = None) -> int:
     from curation.finders import UnknownFinderError
     from curation.finders.base import FinderInputError
     from curation.models import ModelUnavailableError, UnknownModelError
+    from curation.export import ExportError
 
     expected = (CommandError, AnalysisError, UnknownFinderError, FinderInputError, DatabaseUnavailable, DatasetNotFoundError, ImportError_, ModelUnavailableError,
-                UnknownModelError, FileNotFoundError, KeyError, ValueError)
+                UnknownModelError, ExportError, FileNotFoundError, FileExistsError, KeyError, ValueError)
     try:
         return args.handler(args)
     except expected as error:

@@ -85,3 +85,15 @@ def cluster_mix_bar(mix: pd.DataFrame) -> go.Figure:
                                marker_color=_PALETTE[i % len(_PALETTE)]) for i, name in enumerate(mix.columns)])
     figure.update_layout(barmode="stack", height=380, margin={"l": 10, "r": 10, "t": 30, "b": 10}, yaxis_title="samples")
     return figure
+
+
+def split_distribution_bar(distribution: pd.DataFrame, split_names: list[str] | tuple[str, ...]) -> go.Figure:
+    """Grouped bars: samples per class in each split (``distribution``: index class, a column per split)."""
+    figure = go.Figure()
+    for index, split in enumerate(split_names):
+        if split in distribution:
+            figure.add_trace(go.Bar(x=distribution.index.astype(str), y=distribution[split], name=split,
+                                    marker_color=_PALETTE[index % len(_PALETTE)]))
+    figure.update_layout(barmode="group", height=340, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                         title="Samples per class in each split", legend={"orientation": "h", "y": 1.12})
+    return figure

@@ -1,0 +1,165 @@
+"""Export: leakage-free balanced splits, curated subsets in training formats, and the relabel round trip."""
+
+import json
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from curation.decisions import decided_samples
+from curation.export import EXPORT_FORMATS, ViewSpec, build_view, export_dataset
+from curation.paths import default_export_dir
+from curation.plots import split_distribution_bar
+from curation.relabel import export_annotation_task, import_annotations
+from curation.splits import BALANCE_MODES, DEFAULT_SPLIT_FIELD, SplitConfig, make_splits, write_splits
+from pages.common import bump_data_version, open_page
+
+dataset, field = open_page("Export", needs_embeddings=False)
+label_field = st.session_state["label_field"]
+removed = len(decided_samples(dataset, label_field, ("remove",)))
+relabelled = len(decided_samples(dataset, label_field, ("relabel",)))
+annotate = len(decided_samples(dataset, label_field, ("annotate",)))
+summary = st.columns(4)
+summary[0].metric("Samples", f"{len(dataset):,}")
+summary[1].metric("Decided remove", f"{removed:,}", help="left out of every export and split")
+summary[2].metric("Relabelled", f"{relabelled:,}", help="exported with the corrected label")
+summary[3].metric("Sent to annotation", f"{annotate:,}")
+
+splits_tab, export_tab, relabel_tab = st.tabs(["Splits", "Export a subset", "Relabel round trip"])
+
+# ---------------------------------------------------------------- splits
+with splits_tab:
+    st.caption("Train/val/test, stratified by class. Every near-duplicate group, leak pair and group-field value "
+               "lands in exactly one split. Samples decided *remove* get no split.")
+    ratio_cells = st.columns(5)
+    train = ratio_cells[0].number_input("Train share", 0.0, 1.0, 0.8, 0.05, key="sp_train")
+    val = ratio_cells[1].number_input("Val share", 0.0, 1.0, 0.1, 0.05, key="sp_val")
+    test = ratio_cells[2].number_input("Test share", 0.0, 1.0, 0.1, 0.05, key="sp_test")
+    seed = ratio_cells[3].number_input("Seed", 0, 2**31 - 1, 0, key="sp_seed")
+    string_fields = sorted(name for name, kind in dataset.get_field_schema().items()
+                           if type(kind).__name__ in ("StringField", "IntField")
+                           and not name.startswith(("decision", "mislabel", "suggested", "leak", "nearest")))
+    group_field = ratio_cells[4].selectbox("Group field", ["(none)"] + string_fields, key="sp_group",
+                                           help="samples sharing a value (a patient, video or session id) stay together")
+    balance_cells = st.columns([2, 1, 1, 2])
+    balance = balance_cells[0].selectbox("Balancing", BALANCE_MODES, key="sp_balance", format_func={
+        "none": "none (stratified only)", "cap": "cap per class", "undersample": "undersample to a target",
+        "weights": "keep all, write class weights"}.get)
+    cap = balance_cells[1].number_input("Cap per class", 1, 10**7, 50, key="sp_cap", disabled=balance != "cap")
+    target = balance_cells[2].number_input("Target per class (0 = smallest)", 0, 10**7, 0, key="sp_target",
+                                           disabled=balance != "undersample")
+    use_groups = balance_cells[3].checkbox("Keep near duplicates and leaks together", True, key="sp_dups")
+    try:
+        config = SplitConfig(ratios=(("train", train), ("val", val), ("test", test)), seed=int(seed),
+                             group_field=None if group_field == "(none)" else group_field,
+                             use_duplicate_groups=use_groups, balance=balance,
+                             cap=int(cap) if balance == "cap" else None,
+                             target=(int(target) or None) if balance == "undersample" else None)
+    except ValueError as error:
+        st.error(str(error))
+        config = None
+    if st.button("Preview split", type="primary", key="sp_preview", disabled=config is None):
+        st.session_state["split_preview"] = (dataset.name, config, make_splits(dataset, label_field, config))
+    preview = st.session_state.get("split_preview")
+    if preview and preview[0] == dataset.name and preview[1] == config:
+        result = preview[2]
+        counts = result.counts()
+        st.markdown(" · ".join(f"**{name}** {count:,}" for name, count in counts.items())
+                    + f" · excluded {int(result.distribution['excluded'].sum()):,} · {result.n_groups:,} groups "
+                    f"(largest {result.largest_group})")
+        st.plotly_chart(split_distribution_bar(result.distribution, config.split_names), width="stretch",
+                        key="sp_chart")
+        st.dataframe(result.distribution, width="stretch")
+        if result.class_weights:
+            st.caption("Class weights (train): " + ", ".join(f"{k} {v:.3f}" for k, v in result.class_weights.items()))
+        save = st.columns([2, 1, 2], vertical_alignment="bottom")
+        split_field = save[0].text_input("Write to field", DEFAULT_SPLIT_FIELD, key="sp_field")
+        as_tags = save[1].checkbox("Also as tags", key="sp_tags")
+        if save[2].button("Save split to the dataset", key="sp_save"):
+            written = write_splits(dataset, result, field=split_field, tags=as_tags)
+            bump_data_version()
+            st.success(f"Wrote the split of {written:,} samples to field '{split_field}'. "
+                       "Export it on the next tab with that split field.")
+    elif preview:
+        st.caption("Settings changed: preview again.")
+
+# ---------------------------------------------------------------- export
+with export_tab:
+    cells = st.columns([2, 3])
+    export_format = cells[0].selectbox("Format", list(EXPORT_FORMATS), key="ex_format")
+    cells[1].caption(EXPORT_FORMATS[export_format])
+    split_fields = [name for name in (DEFAULT_SPLIT_FIELD, "split") if dataset.has_sample_field(name)]
+    filters = st.columns(4)
+    split_field = filters[0].selectbox("Split field", ["(no splits)"] + split_fields, key="ex_split_field")
+    classes = sorted(c for c in dataset.distinct(f"{label_field}.label") if c) if label_field else []
+    chosen_classes = filters[1].multiselect("Classes", classes, key="ex_classes", placeholder="all classes")
+    tags = filters[2].multiselect("With tags", sorted(dataset.distinct("tags")), key="ex_tags", placeholder="any")
+    max_mislabel = filters[3].slider("Leave out mislabel score ≥", 0.5, 1.01, 1.01, 0.01, key="ex_max_mislabel",
+                                     disabled=not dataset.has_sample_field("mislabel_score"),
+                                     help="1.01 keeps everything")
+    only_selection = st.checkbox(f"Only the map selection ({len(st.session_state['selected_ids'])})",
+                                 key="ex_only_selection", disabled=not st.session_state["selected_ids"])
+    with_embeddings = st.checkbox("Include embeddings", key="ex_embeddings",
+                                  disabled=export_format not in ("csv", "parquet") or not field)
+    spec = ViewSpec(classes=tuple(chosen_classes), tags=tuple(tags),
+                    ids=tuple(st.session_state["selected_ids"]) if only_selection else (),
+                    max_scores=(("mislabel_score", float(max_mislabel)),)
+                    if max_mislabel <= 1.0 and dataset.has_sample_field("mislabel_score") else (),
+                    split_field=None if split_field == "(no splits)" else split_field)
+    count = len(build_view(dataset, label_field, spec))
+    out_dir = st.text_input("Export to (a new directory)", str(default_export_dir(dataset.name, export_format)),
+                            key=f"ex_out_{export_format}")
+    if st.button(f"Export {count:,} samples", type="primary", disabled=not count, key="ex_go"):
+        try:
+            with st.spinner(f"Writing {export_format}…"):
+                report = export_dataset(dataset, out_dir, format=export_format, label_field=label_field, spec=spec,
+                                        embeddings_field=field if with_embeddings else None)
+        except (ValueError, FileExistsError, RuntimeError) as error:
+            st.error(str(error))
+        else:
+            st.session_state["last_export"] = str(report.out_dir)
+            st.success(f"Exported {report.samples:,} samples to {report.out_dir} ({report.files:,} files).")
+            for reason, left in report.left_out.items():
+                st.warning(f"Left out {left:,}: {reason}")
+    last = st.session_state.get("last_export")
+    if last and (Path(last) / "provenance.json").exists():
+        manifest = json.loads((Path(last) / "provenance.json").read_text())
+        with st.expander(f"Provenance of {last}: {manifest['removed']} removed, {manifest['relabelled']} relabelled"):
+            st.json(manifest, expanded=1)
+
+# ---------------------------------------------------------------- relabel round trip
+with relabel_tab:
+    st.caption(f"{annotate:,} samples are sent to annotation. Export them as a task, fix the labels in the tool, "
+               "and import its export: each changed label keeps the old one and names the tool as the source.")
+    if not label_field:
+        st.info("This dataset has no classification labels to correct.")
+    else:
+        cells = st.columns([1, 3, 1], vertical_alignment="bottom")
+        tool = cells[0].selectbox("Tool", ["cvat", "labelstudio"], key="rl_tool",
+                                  format_func={"cvat": "CVAT (for images 1.1)", "labelstudio": "Label Studio"}.get)
+        task_dir = cells[1].text_input("Write the task to", str(default_export_dir(dataset.name, f"{tool}-task")),
+                                       key=f"rl_out_{tool}")
+        if cells[2].button("Export task", disabled=not annotate, key="rl_export", width="stretch"):
+            try:
+                task = export_annotation_task(dataset, task_dir, format=tool, label_field=label_field)
+            except (ValueError, FileExistsError) as error:
+                st.error(str(error))
+            else:
+                st.success(f"Wrote {task.n_samples} images and {len(task.classes)} classes to {task.out_dir}; "
+                           "its README.txt says how to load it.")
+        upload = st.file_uploader("Corrected annotations (CVAT annotations.xml or zip, Label Studio JSON)",
+                                  type=["xml", "zip", "json"], key="rl_upload")
+        if upload is not None:
+            staged = Path(tempfile.mkdtemp(prefix="curation-upload-")) / upload.name
+            staged.write_bytes(upload.getvalue())
+            preview = import_annotations(dataset, staged, label_field=label_field, dry_run=True)
+            st.markdown(f"**{upload.name}**: {preview.summary()}")
+            for problem in preview.problems[:20]:
+                st.warning(problem)
+            if preview.changed:
+                st.dataframe([{"id": i, "old": old, "new": new} for i, old, new in preview.changed], hide_index=True)
+            if st.button("Apply these corrections", type="primary", key="rl_apply",
+                         disabled=not (preview.changed or preview.confirmed)):
+                applied = import_annotations(dataset, staged, label_field=label_field)
+                bump_data_version()
+                st.success(applied.summary())
