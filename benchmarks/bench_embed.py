@@ -35,7 +35,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -69,49 +68,14 @@ def peak_rss_mib(pid: int | str = "self") -> float | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _start_private_mongod(work_dir: Path) -> subprocess.Popen:
-    """Start a mongod of our own and point FiftyOne at it with ``FIFTYONE_DATABASE_URI``.
+    """A mongod of our own (see ``curation.database.start_private_mongod`` for why)."""
+    from curation.database import DatabaseUnavailable, start_private_mongod
 
-    Why not only ``FIFTYONE_DATABASE_DIR``: FiftyOne's ``DatabaseService`` first looks for
-    any running ``fiftyone/service/main.py --51-service db --multi`` process of the same
-    user and attaches to it, whatever its ``--dbpath``. With another FiftyOne process alive
-    (the app, a test run), a benchmark that only set the directory would write its datasets
-    into that process's database. A URI makes FiftyOne skip the service entirely.
-    """
-    spec = importlib.util.find_spec("fiftyone")  # finds the package without importing it
-    if spec is None or spec.origin is None:
-        sys.exit("bench_embed: fiftyone is not installed; run with the project's .venv/bin/python")
-    mongod = Path(spec.origin).parent / "db" / "bin" / "mongod"
-    if not os.access(mongod, os.X_OK):
-        sys.exit(f"bench_embed: no runnable mongod at {mongod}; run `python -m curation.database --ensure`")
-    db_dir = work_dir / "mongo"
-    (db_dir / "log").mkdir(parents=True)
-    port = _free_port()
-    process = subprocess.Popen(
-        [str(mongod), "--dbpath", str(db_dir), "--logpath", str(db_dir / "log" / "mongo.log"),
-         "--port", str(port), "--bind_ip", "127.0.0.1", "--nounixsocket"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
-    os.environ["FIFTYONE_DATABASE_DIR"] = str(db_dir)  # unused with a URI; set so nothing falls back to ~/.fiftyone
-    import pymongo
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            pymongo.MongoClient(os.environ["FIFTYONE_DATABASE_URI"], serverSelectionTimeoutMS=1000).admin.command("ping")
-            return process
-        except Exception:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                sys.exit(f"bench_embed: private mongod did not start (see {db_dir / 'log' / 'mongo.log'})")
-            time.sleep(0.25)
+    try:
+        return start_private_mongod(work_dir)
+    except DatabaseUnavailable as error:
+        sys.exit(f"bench_embed: {error}")
 
 
 # ----------------------------------------------------------------------------------------

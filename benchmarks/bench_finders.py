@@ -29,11 +29,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -367,38 +365,14 @@ def child_fiftyone(work: Path, record: Recorder, k: int) -> None:
 # Parent
 # ----------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_mongod(work: Path) -> subprocess.Popen:
-    spec = importlib.util.find_spec("fiftyone")
-    mongod = Path(spec.origin).parent / "db" / "bin" / "mongod"
-    db_dir = work / "mongo"
-    (db_dir / "log").mkdir(parents=True)
-    port = _free_port()
-    process = subprocess.Popen(
-        [str(mongod), "--dbpath", str(db_dir), "--logpath", str(db_dir / "log" / "mongo.log"),
-         "--port", str(port), "--bind_ip", "127.0.0.1", "--nounixsocket"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
-    os.environ["FIFTYONE_DATABASE_DIR"] = str(db_dir)
-    os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
-    import pymongo
+    """A mongod of our own (see ``curation.database.start_private_mongod`` for why)."""
+    from curation.database import DatabaseUnavailable, start_private_mongod
 
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            pymongo.MongoClient(os.environ["FIFTYONE_DATABASE_URI"], serverSelectionTimeoutMS=1000).admin.command("ping")
-            return process
-        except Exception:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                sys.exit("bench_finders: private mongod did not start")
-            time.sleep(0.25)
+    try:
+        return start_private_mongod(work)
+    except DatabaseUnavailable as error:
+        sys.exit(f"bench_finders: {error}")
 
 
 def run_child(kind: str, work: Path, timeout: float, k: int) -> dict:

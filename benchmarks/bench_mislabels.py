@@ -40,13 +40,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import logging
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -240,79 +238,10 @@ def run_cleanlab(labels: np.ndarray, pred_probs: np.ndarray) -> dict:
 
 
 def start_private_mongod(work_dir: Path) -> subprocess.Popen:
-    """A mongod of our own, with ``FIFTYONE_DATABASE_URI`` pointing at it.
+    """A mongod of our own (see ``curation.database.start_private_mongod`` for why)."""
+    from curation.database import start_private_mongod as start
 
-    ``FIFTYONE_DATABASE_DIR`` alone is not enough: FiftyOne attaches to any running
-    database service of the same user (the app, a test run), whatever its directory, and
-    the benchmark's dataset would land in that database. A URI skips the service.
-    """
-    spec = importlib.util.find_spec("fiftyone")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("fiftyone is not installed; run with the project's .venv/bin/python")
-    mongod = Path(spec.origin).parent / "db" / "bin" / "mongod"
-    if not os.access(mongod, os.X_OK):
-        raise RuntimeError(f"no runnable mongod at {mongod}; run `python -m curation.database --ensure`")
-    db_dir = work_dir / "mongo"
-    (db_dir / "log").mkdir(parents=True)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [str(mongod), "--dbpath", str(db_dir), "--logpath", str(db_dir / "log" / "mongo.log"),
-         "--port", str(port), "--bind_ip", "127.0.0.1", "--nounixsocket"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
-    os.environ["FIFTYONE_DATABASE_DIR"] = str(db_dir)
-    import pymongo
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            pymongo.MongoClient(os.environ["FIFTYONE_DATABASE_URI"], serverSelectionTimeoutMS=1000).admin.command("ping")
-            return process
-        except Exception:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"private mongod did not start (see {db_dir / 'log' / 'mongo.log'})")
-            time.sleep(0.25)
-
-
-class FiftyOneMistakenness:
-    """FiftyOne Brain's compute_mistakenness on a throwaway dataset, given our probabilities as logits."""
-
-    def __init__(self, count: int, class_names: list[str]):
-        import fiftyone as fo
-
-        self.fo = fo
-        self.class_names = class_names
-        self.dataset = fo.Dataset(f"bench-mislabels-{os.getpid()}")
-        self.dataset.add_samples([fo.Sample(filepath=f"/nowhere/bench-mislabels/{index:05d}.png") for index in range(count)])
-        self.ids = self.dataset.values("id")
-
-    def run(self, labels: np.ndarray, pred_probs: np.ndarray) -> dict:
-        import fiftyone.brain as fob
-
-        fo = self.fo
-        names = self.class_names
-        logits = np.log(np.clip(pred_probs, 1e-12, None))  # softmax(log p) = p
-        top = pred_probs.argmax(axis=1)
-        ground_truth = [fo.Classification(label=names[label]) for label in labels]
-        predictions = [fo.Classification(label=names[best], confidence=float(row[best]), logits=logit.tolist())
-                       for best, row, logit in zip(top, pred_probs, logits)]
-        self.dataset.set_values("ground_truth", ground_truth)
-        self.dataset.set_values("predictions", predictions)
-        started = time.perf_counter()
-        fob.compute_mistakenness(self.dataset, "predictions", label_field="ground_truth", use_logits=True, progress=False)
-        elapsed = time.perf_counter() - started
-        mistakenness = np.array(self.dataset.values("mistakenness"), dtype=float)
-        self.dataset.delete_brain_run("mistakenness")  # also drops the field, so the next run starts clean
-        # > 0.5 exactly when the prediction disagrees with the label (see the algorithm in
-        # fiftyone/brain/internal/core/mistakenness.py): its own natural cut.
-        return {"score": mistakenness, "flagged": mistakenness > 0.5, "seconds": elapsed}
-
-    def close(self) -> None:
-        self.dataset.delete()
+    return start(work_dir)
 
 
 # ----------------------------------------------------------------------------------------

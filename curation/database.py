@@ -163,3 +163,51 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def start_private_mongod(work_dir: Path, *, timeout: float = 60.0):
+    """Start a ``mongod`` of our own in ``work_dir/mongo`` and point FiftyOne at it.
+
+    For benchmarks and scripts that must not share a database with anything else. Setting
+    ``FIFTYONE_DATABASE_DIR`` alone is not enough: FiftyOne's database service attaches to
+    any running ``--51-service db`` process of the same user, whatever its ``--dbpath``. A
+    ``FIFTYONE_DATABASE_URI`` makes FiftyOne skip the service. Call before importing
+    fiftyone; stop the returned process (``terminate()``) when done.
+
+    Raises:
+        DatabaseUnavailable: no runnable mongod, or it did not answer within ``timeout``.
+    """
+    import socket
+    import subprocess
+    import time
+
+    mongod = mongod_path()
+    if not os.access(mongod, os.X_OK):
+        raise DatabaseUnavailable(f"no runnable mongod at {mongod}; run `python -m curation.database --ensure`")
+    db_dir = Path(work_dir) / "mongo"
+    (db_dir / "log").mkdir(parents=True, exist_ok=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = db_dir / "log" / "mongo.log"
+    process = subprocess.Popen(
+        [str(mongod), "--dbpath", str(db_dir), "--logpath", str(log), "--port", str(port),
+         "--bind_ip", "127.0.0.1", "--nounixsocket"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
+    os.environ["FIFTYONE_DATABASE_DIR"] = str(db_dir)  # unused with a URI; nothing falls back to ~/.fiftyone
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    import pymongo
+    from pymongo.errors import PyMongoError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pymongo.MongoClient(os.environ["FIFTYONE_DATABASE_URI"], serverSelectionTimeoutMS=1000).admin.command("ping")
+            return process
+        except PyMongoError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise DatabaseUnavailable(f"private mongod did not start within {timeout:.0f} s (see {log})") from None
+            time.sleep(0.25)

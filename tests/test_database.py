@@ -300,3 +300,24 @@ def test_reachable_uri_is_ok(monkeypatch):
     status = check_database()
     assert status.ok and status.mode == "uri" and status.detail == f"external MongoDB at {uri}"
     assert main([]) == 0
+
+
+def test_private_mongod_starts_answers_and_points_fiftyone_at_itself(tmp_path, monkeypatch):
+    import os
+
+    import pymongo
+
+    from curation.database import start_private_mongod
+
+    monkeypatch.delenv("FIFTYONE_DATABASE_URI", raising=False)
+    monkeypatch.setenv("FIFTYONE_DATABASE_DIR", os.environ.get("FIFTYONE_DATABASE_DIR", ""))  # restored afterwards
+    process = start_private_mongod(tmp_path)
+    try:
+        uri = os.environ["FIFTYONE_DATABASE_URI"]
+        assert uri.startswith("mongodb://127.0.0.1:")
+        assert pymongo.MongoClient(uri, serverSelectionTimeoutMS=2000).admin.command("ping")["ok"] == 1.0
+        assert (tmp_path / "mongo" / "log" / "mongo.log").exists()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        monkeypatch.delenv("FIFTYONE_DATABASE_URI", raising=False)
