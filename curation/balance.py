@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from curation.finders.base import FinderContext, FinderInputError
-from curation.finders.classifier import compute_out_of_fold_predictions, label_mask
+from curation.finders.classifier import compute_out_of_fold_predictions, label_mask, usable_rows
 from curation.projection import ClusterConfig, compute_clusters
 
 
@@ -38,12 +38,17 @@ def compute_balance(context: FinderContext, *, min_share: float = 0.05, n_cluste
 
     Args:
         min_share: classes with a smaller share of the labelled samples are listed (0.05 = 5%).
-        n_clusters: k-means regions of the embedding space for the coverage view.
+        n_clusters: k-means regions of the embedding space for the coverage view; at most one
+            per ``thin_count`` labelled samples, so a tiny dataset is not cut into regions of
+            one sample each (every one of them "thin").
         thin_count: a class with at least 10% of a cluster but fewer than this many samples
             there is "thin" in that region.
 
+    With a single class, or no class with 2 samples that have a usable embedding, nothing
+    can be cross-validated: ``accuracy`` and ``confusion`` are NaN and a suggestion says why.
+
     Raises:
-        FinderInputError: no labels, or fewer than 2 classes.
+        FinderInputError: no labels, or ``min_share`` outside [0, 1].
     """
     if not 0 <= min_share <= 1:
         raise FinderInputError(f"min_share: expected a share in [0, 1], got {min_share}")
@@ -59,8 +64,17 @@ def compute_balance(context: FinderContext, *, min_share: float = 0.05, n_cluste
 
     classes = sorted(counts.index)
     accuracy = pd.Series(np.nan, index=classes, name="accuracy")
-    confusion = pd.DataFrame(0.0, index=classes, columns=classes)
-    if len(classes) >= 2:
+    confusion = pd.DataFrame(np.nan, index=classes, columns=classes)
+    usable_counts = pd.Series(labels[usable_rows(context.embeddings[labelled])], dtype=object).value_counts()
+    not_checked = None
+    if len(classes) < 2:
+        not_checked = (f"Only one class ('{classes[0]}'): add examples of other classes. Per-class accuracy and "
+                       "confusion need at least 2 classes to compare.")
+    elif (usable_counts.max() if len(usable_counts) else 0) < 2:
+        sizes = {name: int(usable_counts.get(name, 0)) for name in classes}
+        not_checked = ("Too few samples to cross-validate a classifier: per-class accuracy and confusion need a class "
+                       f"with at least 2 samples that have a usable embedding (samples per class: {sizes}).")
+    else:
         predictions = context.extras.get("out_of_fold") or compute_out_of_fold_predictions(
             context.embeddings, context.labels, seed=seed, sample_keys=[str(i) for i in context.ids])
         context.extras["out_of_fold"] = predictions
@@ -73,7 +87,8 @@ def compute_balance(context: FinderContext, *, min_share: float = 0.05, n_cluste
         confusion = table.div(row_totals, axis=0)
         accuracy = pd.Series(np.diag(confusion.to_numpy()), index=classes, name="accuracy")
 
-    clusters = compute_clusters(context.embeddings[labelled], ClusterConfig(n_clusters=n_clusters, seed=seed))
+    regions = max(1, min(n_clusters, len(labels) // max(thin_count, 1)))
+    clusters = compute_clusters(context.embeddings[labelled], ClusterConfig(n_clusters=regions, seed=seed))
     mix = pd.crosstab(pd.Series(clusters, name="cluster"), pd.Series(labels, name="class"))
     cluster_sizes = mix.sum(axis=1)
     share_in_cluster = mix.div(cluster_sizes, axis=0)
@@ -87,7 +102,8 @@ def compute_balance(context: FinderContext, *, min_share: float = 0.05, n_cluste
     expected = len(labels) / max(len(mix), 1)
     small = sorted(int(c) for c in cluster_sizes.index[cluster_sizes < 0.25 * expected])
 
-    suggestions = [f"Collect more '{name}': {int(counts[name])} samples ({shares[name]:.1%}, below the {min_share:.0%} floor)."
+    suggestions = [not_checked] if not_checked else []
+    suggestions += [f"Collect more '{name}': {int(counts[name])} samples ({shares[name]:.1%}, below the {min_share:.0%} floor)."
                    for name in below]
     for name in classes:
         if np.isfinite(accuracy.get(name, np.nan)) and accuracy[name] < 0.8:

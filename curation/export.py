@@ -349,6 +349,9 @@ def export_dataset(dataset, out_dir, *, format: str, label_field: str | None, sp
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"export: {out_dir} already exists; choose a new directory or pass overwrite")
     kind = _label_kind(dataset, label_field)
+    if kind is None and format in ("folders", "yolo", "coco", "cvat"):
+        raise ExportError(f"export: {format} needs labels, and dataset {dataset.name!r} has no Classification or "
+                          "Detections field; export as fiftyone, csv or parquet, or name a label field")
     view = build_view(dataset, label_field, spec)
     if not len(view):
         raise ValueError(f"export: the view selects no samples of dataset {dataset.name!r} (filters: {spec.to_dict()})")

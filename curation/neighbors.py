@@ -168,6 +168,12 @@ def _unit_rows(embeddings: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, 
 
 
 def _cuda_available() -> bool:
+    """Whether torch sees a CUDA GPU. Without an NVIDIA driver it cannot, and the answer
+    comes without importing torch (2 s here), which the CPU path does not need."""
+    import sys
+
+    if "torch" not in sys.modules and not os.path.exists("/proc/driver/nvidia/version"):
+        return False
     try:
         import torch
     except ImportError:

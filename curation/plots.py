@@ -94,6 +94,7 @@ def split_distribution_bar(distribution: pd.DataFrame, split_names: list[str] | 
         if split in distribution:
             figure.add_trace(go.Bar(x=distribution.index.astype(str), y=distribution[split], name=split,
                                     marker_color=_PALETTE[index % len(_PALETTE)]))
-    figure.update_layout(barmode="group", height=340, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                         title="Samples per class in each split", legend={"orientation": "h", "y": 1.12})
+    figure.update_layout(barmode="group", height=360, margin={"l": 10, "r": 10, "t": 60, "b": 10},
+                         title="Samples per class in each split",
+                         legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"})
     return figure

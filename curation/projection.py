@@ -71,26 +71,57 @@ def _fallback_layout(matrix: np.ndarray) -> np.ndarray:
     return coords.astype(np.float32)
 
 
-def compute_projection(embeddings: np.ndarray, config: ProjectionConfig = ProjectionConfig()) -> np.ndarray:
+def map_neighbors(count: int, config: ProjectionConfig) -> int:
+    """UMAP's ``n_neighbors`` for ``count`` samples (it counts the point itself)."""
+    return max(2, min(config.n_neighbors, count - 1))
+
+
+def usable_knn(knn, count: int, n_neighbors: int):
+    """``knn`` (from :func:`curation.neighbors.umap_precomputed_knn`) cut to ``n_neighbors``
+    columns, or None when UMAP must search itself: too few columns, another sample count,
+    or rows without a full set of neighbours (broken vectors would get NaN coordinates)."""
+    if knn is None:
+        return None
+    indices, distances = knn[0], knn[1]
+    if indices.shape[0] != count or indices.shape[1] < n_neighbors:
+        return None
+    indices, distances = indices[:, :n_neighbors].copy(), distances[:, :n_neighbors].copy()
+    if (indices < 0).any() or not np.isfinite(distances).all():
+        return None
+    return indices, distances, None
+
+
+def compute_projection(embeddings: np.ndarray, config: ProjectionConfig = ProjectionConfig(), *,
+                       knn=None) -> np.ndarray:
     """(N, D) embeddings -> (N, 2) float32 UMAP coordinates.
 
-    Fewer than 4 samples cannot support a UMAP graph; they get a PCA layout instead.
-    ``n_neighbors`` is clamped to N - 1 for small datasets.
+    ``knn``: the shared neighbour graph as ``(indices, distances, None)``
+    (:func:`curation.neighbors.umap_precomputed_knn`); UMAP then skips its own neighbour
+    search. Ignored where :func:`usable_knn` says so. Fewer than 4 samples cannot support
+    a UMAP graph; they get a PCA layout instead. ``n_neighbors`` is clamped to N - 1.
     """
+    import warnings
+
     matrix = normalize_rows(embeddings)
     if len(matrix) < 4:
         return _fallback_layout(matrix)
     import umap
 
+    n_neighbors = map_neighbors(len(matrix), config)
+    precomputed = usable_knn(knn, len(matrix), n_neighbors)
     reducer = umap.UMAP(
         n_components=2,
-        n_neighbors=max(2, min(config.n_neighbors, len(matrix) - 1)),
+        n_neighbors=n_neighbors,
         min_dist=config.min_dist,
         metric=config.metric,
         random_state=config.seed,
         n_jobs=1,  # a seed makes UMAP single-threaded anyway; say so and silence its warning
+        precomputed_knn=precomputed if precomputed is not None else (None, None, None),
     )
-    return reducer.fit_transform(matrix).astype(np.float32)
+    with warnings.catch_warnings():
+        # Without a search index UMAP.transform is unavailable; the map never transforms new points.
+        warnings.filterwarnings("ignore", message="precomputed_knn\\[2\\]")
+        return reducer.fit_transform(matrix).astype(np.float32)
 
 
 def _ids_digest(ids: list[str]) -> str:
@@ -103,10 +134,12 @@ def _cache_file(kind: str, dataset_name: str, field: str, config) -> tuple[str, 
 
 
 def cached_projection(dataset_name: str, field: str, ids: list[str], embeddings: np.ndarray,
-                      config: ProjectionConfig = ProjectionConfig()) -> np.ndarray:
+                      config: ProjectionConfig = ProjectionConfig(), *, share_neighbors: bool = True) -> np.ndarray:
     """:func:`compute_projection`, read from / written to the disk cache.
 
-    The cache entry is valid only for exactly the same sample ids in the same order.
+    The cache entry is valid only for exactly the same sample ids in the same order. With
+    ``share_neighbors`` the UMAP uses the disk-cached neighbour graph the finders use (the
+    same k when ``n_neighbors`` <= 16), computing it first if needed.
     """
     _, path = _cache_file("projections", dataset_name, field, config)
     digest = _ids_digest(ids)
@@ -117,7 +150,13 @@ def cached_projection(dataset_name: str, field: str, ids: list[str], embeddings:
                     return stored["coords"]
         except (OSError, KeyError, ValueError) as error:
             logger.warning("ignoring unreadable projection cache %s: %s", path, error)
-    coords = compute_projection(embeddings, config)
+    knn = None
+    if share_neighbors and len(ids) >= 4 and config.metric == "euclidean":
+        from curation.neighbors import cached_neighbors, umap_precomputed_knn
+
+        k = min(max(15, map_neighbors(len(ids), config) - 1), len(ids) - 1)
+        knn = umap_precomputed_knn(cached_neighbors(dataset_name, field, ids, normalize_rows(embeddings), k))
+    coords = compute_projection(embeddings, config, knn=knn)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npz")
     np.savez(partial, coords=coords, ids_digest=np.array(digest))

@@ -50,6 +50,10 @@ QUEUE_FINDERS = {
     "outliers": ("outlier_flag", "outlier_score"),
     "label_next": ("label_next_flag", "uncertainty_score"),
 }
+# How much a finder's score counts in the priority. Mislabels, duplicates and leaks are
+# problems; an outlier may be fine; a label-next proposal is advice, so on its own it never
+# outranks a confident finding (label-next uncertainty is often ~1 on labelled data).
+QUEUE_WEIGHTS = {"mislabels": 1.0, "duplicates": 1.0, "leakage": 1.0, "outliers": 0.8, "label_next": 0.5}
 QUEUE_COLUMNS = ["id", "filepath", "label", "suggested_label", "priority", "finders", "reason", "mislabel_score",
                  "nearest_neighbor_similarity", "leak_similarity", "outlier_score", "uncertainty_score", "decision",
                  "tags", "cluster"]
@@ -89,8 +93,8 @@ def review_queue(dataset, label_field: str | None, queue_filter: QueueFilter = Q
     """Every sample some finder flags, merged into one ranked queue.
 
     ``priority`` combines the scores of the finders that flag a sample as a noisy-OR,
-    ``1 - prod(1 - score)``: one strong finding ranks high, and agreeing finders rank a
-    sample above any of them alone. ``finders`` lists who flagged it; ``reason`` says why in
+    ``1 - prod(1 - weight * score)`` (:data:`QUEUE_WEIGHTS`): one strong finding ranks
+    high, and agreeing finders rank a sample above any of them alone. ``finders`` lists who flagged it; ``reason`` says why in
     words. Undecided samples only unless ``include_decided``.
 
     Raises:
@@ -131,7 +135,8 @@ def review_queue(dataset, label_field: str | None, queue_filter: QueueFilter = Q
     priorities, finders, reasons = [], [], []
     for row in records:
         flagged = [name for name, (flag, _) in present.items() if row.get(flag)]
-        scores = [min(max(float(row[score] or 0.0), 0.0), 1.0) for name, (_, score) in present.items() if name in flagged]
+        scores = [QUEUE_WEIGHTS[name] * min(max(float(row[score] or 0.0), 0.0), 1.0)
+                  for name, (_, score) in present.items() if name in flagged]
         priorities.append(1.0 - float(np.prod([1.0 - s for s in scores])) if scores else 0.0)
         finders.append(flagged)
         reasons.append(_reason(row, flagged))

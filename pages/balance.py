@@ -39,7 +39,10 @@ with left:
                                "cv accuracy": report.accuracy.reindex(report.counts.index).round(3)}))
 with right:
     st.markdown("**Confusion (cross-validated)**")
-    st.plotly_chart(confusion_heatmap(report.confusion), width="stretch", key="bal_confusion")
+    if report.confusion.notna().any().any():
+        st.plotly_chart(confusion_heatmap(report.confusion), width="stretch", key="bal_confusion")
+    else:
+        st.caption("Not available: no classifier can be cross-validated on these labels (see the suggestions).")
 st.subheader("Class mix per region")
 st.plotly_chart(cluster_mix_bar(report.cluster_mix), width="stretch", key="bal_mix")
 if not report.thin.empty:

@@ -191,4 +191,8 @@ def open_page(title: str, *, needs_embeddings: bool = True):
     if needs_embeddings and not field:
         st.warning(f"No embeddings yet: compute them on the **Data** page or run `curation embed --dataset {dataset.name}`.")
         st.stop()
+    if needs_embeddings and not dataset.exists(field).count():
+        st.warning(f"None of the {len(dataset):,} samples has an embedding in `{field}`: compute them on the **Data** "
+                   f"page or run `curation embed --dataset {dataset.name}`.")
+        st.stop()
     return dataset, field

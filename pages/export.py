@@ -46,8 +46,8 @@ with splits_tab:
         "none": "none (stratified only)", "cap": "cap per class", "undersample": "undersample to a target",
         "weights": "keep all, write class weights"}.get)
     cap = balance_cells[1].number_input("Cap per class", 1, 10**7, 50, key="sp_cap", disabled=balance != "cap")
-    target = balance_cells[2].number_input("Target per class (0 = smallest)", 0, 10**7, 0, key="sp_target",
-                                           disabled=balance != "undersample")
+    target = balance_cells[2].number_input("Target per class", 0, 10**7, 0, key="sp_target",
+                                           disabled=balance != "undersample", help="0: the smallest class's count")
     use_groups = balance_cells[3].checkbox("Keep near duplicates and leaks together", True, key="sp_dups")
     try:
         config = SplitConfig(ratios=(("train", train), ("val", val), ("test", test)), seed=int(seed),
@@ -85,7 +85,7 @@ with splits_tab:
 
 # ---------------------------------------------------------------- export
 with export_tab:
-    cells = st.columns([2, 3])
+    cells = st.columns([2, 3], vertical_alignment="bottom")
     export_format = cells[0].selectbox("Format", list(EXPORT_FORMATS), key="ex_format")
     cells[1].caption(EXPORT_FORMATS[export_format])
     split_fields = [name for name in (DEFAULT_SPLIT_FIELD, "split") if dataset.has_sample_field(name)]
@@ -94,17 +94,19 @@ with export_tab:
     classes = sorted(c for c in dataset.distinct(f"{label_field}.label") if c) if label_field else []
     chosen_classes = filters[1].multiselect("Classes", classes, key="ex_classes", placeholder="all classes")
     tags = filters[2].multiselect("With tags", sorted(dataset.distinct("tags")), key="ex_tags", placeholder="any")
-    max_mislabel = filters[3].slider("Leave out mislabel score ≥", 0.5, 1.01, 1.01, 0.01, key="ex_max_mislabel",
-                                     disabled=not dataset.has_sample_field("mislabel_score"),
-                                     help="1.01 keeps everything")
+    scored = dataset.has_sample_field("mislabel_score")
+    drop_suspects = filters[3].checkbox("Leave out suspected mislabels", key="ex_drop_suspects", disabled=not scored,
+                                        help="samples whose mislabel score reaches the cut-off below (run the finders first)")
+    max_mislabel = filters[3].slider("Mislabel score cut-off", 0.5, 1.0, 0.9, 0.01, key="ex_max_mislabel",
+                                     disabled=not (scored and drop_suspects))
     only_selection = st.checkbox(f"Only the map selection ({len(st.session_state['selected_ids'])})",
                                  key="ex_only_selection", disabled=not st.session_state["selected_ids"])
     with_embeddings = st.checkbox("Include embeddings", key="ex_embeddings",
-                                  disabled=export_format not in ("csv", "parquet") or not field)
+                                  disabled=export_format not in ("csv", "parquet") or not field,
+                                  help="csv (embeddings.npy beside the manifest) and parquet (a list column) only")
     spec = ViewSpec(classes=tuple(chosen_classes), tags=tuple(tags),
                     ids=tuple(st.session_state["selected_ids"]) if only_selection else (),
-                    max_scores=(("mislabel_score", float(max_mislabel)),)
-                    if max_mislabel <= 1.0 and dataset.has_sample_field("mislabel_score") else (),
+                    max_scores=(("mislabel_score", float(max_mislabel)),) if scored and drop_suspects else (),
                     split_field=None if split_field == "(no splits)" else split_field)
     count = len(build_view(dataset, label_field, spec))
     out_dir = st.text_input("Export to (a new directory)", str(default_export_dir(dataset.name, export_format)),
@@ -124,7 +126,8 @@ with export_tab:
     last = st.session_state.get("last_export")
     if last and (Path(last) / "provenance.json").exists():
         manifest = json.loads((Path(last) / "provenance.json").read_text())
-        with st.expander(f"Provenance of {last}: {manifest['removed']} removed, {manifest['relabelled']} relabelled"):
+        with st.expander(f"Provenance of the last export: {manifest['removed']} removed, "
+                         f"{manifest['relabelled']} relabelled"):
             st.json(manifest, expanded=1)
 
 # ---------------------------------------------------------------- relabel round trip

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from curation.analysis import FINDINGS_COLUMNS, analyze, findings_table
+from curation.analysis import FINDINGS_COLUMNS, AnalysisError, analyze, findings_table
 from curation.datasets import curation_info
 from curation.finders import FINDER_REGISTRY
 from pages.common import bump_data_version, open_page
@@ -12,8 +12,13 @@ dataset, field = open_page("Findings")
 chosen = st.multiselect("Finders", list(FINDER_REGISTRY), default=list(FINDER_REGISTRY), key="findings_chosen")
 if st.button("Run analysis", type="primary", disabled=not chosen):
     bar = st.progress(0.0, text="Building the neighbour graph…")
-    report = analyze(dataset, chosen, field=field, label_field=st.session_state["label_field"],
-                     progress=lambda name, done, total: bar.progress(done / max(total, 1), text=f"Running {name}…"))
+    try:
+        report = analyze(dataset, chosen, field=field, label_field=st.session_state["label_field"],
+                         progress=lambda name, done, total: bar.progress(done / max(total, 1), text=f"Running {name}…"))
+    except AnalysisError as error:  # no embedded samples: say so instead of a traceback
+        bar.empty()
+        st.error(str(error))
+        st.stop()
     bar.empty()
     for name, reason in report.errors.items():
         st.error(f"{name} failed: {reason}")

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from curation.analysis import analyze
+from curation.analysis import AnalysisError, analyze
+from curation.datasets import curation_info
 from curation.decisions import apply_relabel, record_decision
 from curation.images import thumbnail_path
 from curation.review import mislabel_queue, sample_previews
@@ -14,12 +15,21 @@ if not label_field:
     st.info("This dataset has no classification labels, so there is nothing to check.")
     st.stop()
 if not dataset.has_sample_field("mislabel_score"):
-    st.info("Labels have not been checked yet.")
+    # Why the last check did not run (one class, too few samples) is kept with the analysis,
+    # so it survives the rerun and later visits instead of the page silently asking again.
+    last = curation_info(dataset).get("analysis", {})
+    not_run = last.get("errors", {}).get("mislabels") or last.get("skipped", {}).get("mislabels")
+    if not_run:
+        st.warning(f"Labels could not be checked: {not_run}")
+    else:
+        st.info("Labels have not been checked yet.")
     if st.button("Check labels now", type="primary"):
-        with st.spinner("Cross-validating a classifier on the embeddings and checking neighbours…"):
-            report = analyze(dataset, ["mislabels"], field=field, label_field=label_field)
-        for name, reason in {**report.errors, **report.skipped}.items():
-            st.error(f"{name}: {reason}")
+        try:
+            with st.spinner("Cross-validating a classifier on the embeddings and checking neighbours…"):
+                analyze(dataset, ["mislabels"], field=field, label_field=label_field)
+        except AnalysisError as error:  # no embedded samples: say so instead of a traceback
+            st.error(str(error))
+            st.stop()
         bump_data_version()
         st.rerun()
     st.stop()
@@ -39,6 +49,15 @@ if suggested != "(any)":
 if not show_decided:
     view = view[view["decision"].isna()]
 st.caption(f"{len(view):,} samples match (of {int((queue['mislabel_score'] >= 0.5).sum()):,} scoring 0.5 or more).")
+# Samples the finder could not score (a class with a single sample, a NaN or zero vector) have no
+# score and are not in the queue: say how many and why, so they are not silently missing.
+if dataset.has_sample_field("mislabel_reason"):
+    reasons = dataset.exists("mislabel_score", False).count_values("mislabel_reason")
+    unchecked = {reason.removeprefix("cannot be checked: "): count for reason, count in reasons.items()
+                 if reason and reason.startswith("cannot be checked: ")}
+    if unchecked:
+        st.caption(f"{sum(unchecked.values()):,} labelled samples could not be checked: "
+                   + "; ".join(f"{why} ({count:,})" for why, count in sorted(unchecked.items())) + ".")
 
 for row in view.head(30).itertuples(index=False):
     with st.container(border=True):

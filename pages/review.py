@@ -13,6 +13,13 @@ PAGE_SIZE = 20
 FINDER_TITLES = {"mislabels": "suspected mislabel", "duplicates": "near duplicate", "leakage": "split leak",
                  "outliers": "outlier", "label_next": "label next"}
 
+def plural(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+ACTION_WORDS = {"accept": "relabelled to the suggested label", "relabel": "relabelled", "annotate": "sent to annotation",
+                "keep": "kept", "remove": "removed", "dismiss": "dismissed"}
+
 dataset, field = open_page("Review queue")
 label_field = st.session_state["label_field"]
 
@@ -21,11 +28,13 @@ if not any(dataset.has_sample_field(flag) for flag, _ in QUEUE_FINDERS.values())
     if st.button("Run all finders", type="primary"):
         with st.spinner("Running the finders (duplicates, leakage, mislabels, outliers, label next)…"):
             report = analyze(dataset, field=field, label_field=label_field)
-        for name, reason in {**report.errors, **report.skipped}.items():
-            st.warning(f"{name}: {reason}")
+        st.session_state["review_notes"] = [f"{name} did not run: {reason}"
+                                            for name, reason in {**report.errors, **report.skipped}.items()]
         bump_data_version()
         st.rerun()
     st.stop()
+for note in st.session_state.pop("review_notes", []):  # from the run above, shown once
+    st.warning(note)
 
 
 def act(decision: str, ids: list[str], *, reason: str, new_label: str | None = None) -> None:
@@ -36,7 +45,8 @@ def act(decision: str, ids: list[str], *, reason: str, new_label: str | None = N
         count = apply_relabel(dataset, ids, new_label, label_field=label_field, reason=reason, source="review")
     else:
         count = record_decision(dataset, ids, decision, reason=reason, source="review")
-    st.session_state["review_last"] = {"ids": ids, "decision": decision, "count": count}
+    st.session_state["review_last"] = {"ids": ids, "decision": decision, "count": count,
+                                       "filters": st.session_state.get("rv_filter_signature")}
     bump_data_version()
     st.rerun()
 
@@ -60,14 +70,20 @@ queue = review_queue(dataset, label_field, QueueFilter(
     finders=tuple(finders), classes=tuple(chosen_classes), tags=tuple(chosen_tags),
     ids=tuple(selected_on_map) if only_map and selected_on_map else (), min_priority=float(min_priority),
     include_decided=show_decided))
+signature = (tuple(finders), tuple(chosen_classes), tuple(chosen_tags), min_priority, only_map, show_decided)
+st.session_state["rv_filter_signature"] = signature
 counts = queue["finders"].explode().value_counts() if len(queue) else {}
-st.caption(f"**{len(queue):,} samples to review**" + (" · " + " · ".join(
-    f"{FINDER_TITLES[name]} {int(counts[name])}" for name in QUEUE_FINDERS if name in counts) if len(queue) else ""))
+st.subheader(f"{plural(len(queue), 'sample')} to review")
+if len(queue):
+    st.caption(" · ".join(f"{FINDER_TITLES[name]} {int(counts[name])}" for name in QUEUE_FINDERS if name in counts)
+               + " · ranked by priority: the finders' scores combined (a label-next proposal counts half)")
 
 last = st.session_state.get("review_last")
+if last and last.get("filters") != signature:
+    last = st.session_state["review_last"] = None  # the message belonged to another view of the queue
 if last:
     note = st.columns([5, 1], vertical_alignment="center")
-    note[0].success(f"{last['decision']}: {last['count']} sample(s). Stored on the samples.")
+    note[0].success(f"{plural(last['count'], 'sample')} {ACTION_WORDS[last['decision']]}. Stored on the samples.")
     if note[1].button("Undo", key="rv_undo_last", width="stretch"):
         undo_decision(dataset, last["ids"])
         st.session_state["review_last"] = None
@@ -79,7 +95,7 @@ if queue.empty:
     st.stop()
 
 # ---------------------------------------------------------------- bulk actions
-with st.expander(f"Bulk actions on the {len(queue):,} samples in this queue", icon=":material/done_all:"):
+with st.expander(f"Bulk actions on the {plural(len(queue), 'sample')} in this queue", icon=":material/done_all:"):
     table = queue[["label", "suggested_label", "priority", "finders", "reason", "decision"]].assign(
         finders=queue["finders"].map(", ".join))
     picked = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="rv_table",
@@ -87,8 +103,8 @@ with st.expander(f"Bulk actions on the {len(queue):,} samples in this queue", ic
                               "priority", min_value=0.0, max_value=1.0, format="%.2f")})
     rows = picked.selection.rows if picked and picked.selection else []
     target_ids = queue["id"].iloc[rows].tolist() if rows else queue["id"].tolist()
-    st.caption(f"Applies to the {len(rows)} ticked rows." if rows else
-               f"No rows ticked: applies to all {len(queue):,} samples in the queue.")
+    st.caption(f"Applies to the {plural(len(rows), 'ticked row')}." if rows else
+               f"No rows ticked: applies to all {plural(len(queue), 'sample')} in the queue.")
     bulk = st.columns([3, 2, 2], vertical_alignment="bottom")
     reason = bulk[0].text_input("Reason (stored with the decision)", key="rv_reason")
     decision = bulk[1].selectbox("Decision", [d for d in DECISIONS if d != "relabel"] + ["accept", "relabel"],
@@ -96,12 +112,12 @@ with st.expander(f"Bulk actions on the {len(queue):,} samples in this queue", ic
                                                         "annotate": "send to annotation"}.get(d, d), key="rv_decision")
     new_label = bulk[2].selectbox("New class", classes, key="rv_new_label", disabled=decision != "relabel") \
         if classes else None
-    if st.button(f"Apply to {len(target_ids):,} samples", type="primary", key="rv_apply"):
+    if st.button(f"Apply to {plural(len(target_ids), 'sample')}", type="primary", key="rv_apply"):
         act(decision, target_ids, reason=reason or f"bulk {decision} in review", new_label=new_label)
 
 # ---------------------------------------------------------------- gallery
 pages = max(1, -(-len(queue) // PAGE_SIZE))
-page = st.number_input(f"Page (of {pages})", 1, pages, 1, key="rv_page") if pages > 1 else 1
+page = st.columns([1, 5])[0].number_input(f"Page (of {pages})", 1, pages, 1, key="rv_page") if pages > 1 else 1
 for row in queue.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE].itertuples(index=False):
     with st.container(border=True):
         cells = st.columns([1, 5, 2], vertical_alignment="center")
@@ -116,15 +132,18 @@ for row in queue.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE].itertuples(index
         cells[1].markdown(f"**{row.label or 'unlabelled'}**{suggestion} · priority **{row.priority:.2f}** {badges}"
                           + (f" · decided: **{row.decision}**" if isinstance(row.decision, str) else ""))
         cells[1].caption(row.reason)
-        buttons = cells[2].columns(2)
         if isinstance(row.decision, str):
             if cells[2].button("Undo", key=f"rv_undo_{row.id}", width="stretch"):
                 undo_decision(dataset, [row.id])
                 bump_data_version()
                 st.rerun()
             continue
-        if suggestion and buttons[0].button("Accept", key=f"rv_accept_{row.id}", type="primary", width="stretch",
-                                            help=f"relabel to {row.suggested_label}"):
+        # Fixed positions on every card, so a hand moving down the list never hits another action.
+        buttons = cells[2].columns(2)
+        mislabel = "mislabels" in row.finders and bool(suggestion)
+        if buttons[0].button("Accept", key=f"rv_accept_{row.id}", type="primary" if mislabel else "secondary",
+                             width="stretch", disabled=not suggestion,
+                             help=f"relabel to {row.suggested_label}" if suggestion else "no other label is suggested"):
             act("accept", [row.id], reason="")
         if buttons[1].button("Keep", key=f"rv_keep_{row.id}", width="stretch"):
             act("keep", [row.id], reason=f"reviewed: {row.reason}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -27,7 +28,12 @@ SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_SESSION_DIR / "cache", ignore_errors=True)
+    _MONGOD.terminate()
+    try:
+        _MONGOD.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        _MONGOD.kill()
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -129,3 +135,17 @@ def tiny_clip(tmp_path_factory):
                              description="random 32-d CLIP for tests"))
     yield checkpoint, model.eval()
     MODEL_REGISTRY.pop("tiny-clip-test", None)
+
+# A mongod of this session's own, reached by URI. Without it FiftyOne would start its shared
+# database service ("--51-service db") on FIFTYONE_DATABASE_DIR, and every other FiftyOne
+# process of the user started meanwhile (the app, a CLI run) would attach to that service
+# and write its datasets into this temporary directory, lost when the session ends.
+from curation.database import start_private_mongod  # noqa: E402  (imports no fiftyone)
+
+_MONGOD = start_private_mongod(_SESSION_DIR)
+
+import sys  # noqa: E402
+
+# Had anything imported fiftyone above, its config would predate these variables and the
+# tests would read and drop the user's default database: refuse to run instead.
+assert "fiftyone" not in sys.modules, "conftest: fiftyone was imported before its database settings were made"

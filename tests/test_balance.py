@@ -56,3 +56,31 @@ def test_single_class_gives_counts_not_a_traceback():
     report = compute_balance(make_context(np.random.default_rng(0).normal(size=(10, 4)), labels=["a"] * 10), n_clusters=2)
     assert report.counts.to_dict() == {"a": 10} and report.imbalance_ratio == 1.0
     assert np.isnan(report.accuracy["a"])
+
+
+def test_single_class_says_why_accuracy_is_missing():
+    report = compute_balance(make_context(np.random.default_rng(0).normal(size=(8, 4)), labels=["bag"] * 8))
+    assert report.confusion.isna().all().all()
+    assert report.suggestions[0].startswith("Only one class ('bag')")
+
+
+def test_too_few_samples_to_cross_validate_gives_counts_and_a_reason():
+    # One sample per class (and a class whose only samples have broken vectors): no classifier can be
+    # cross-validated, but counts, shares and the cluster mix still make sense.
+    report = compute_balance(make_context(np.eye(4)[:2], labels=["bag", "trouser"], k=2))
+    assert report.counts.to_dict() == {"bag": 1, "trouser": 1} and report.imbalance_ratio == 1.0
+    assert report.accuracy.isna().all() and report.confusion.isna().all().all()
+    assert report.suggestions[0].startswith("Too few samples to cross-validate")
+    assert "{'bag': 1, 'trouser': 1}" in report.suggestions[0]
+    broken = np.vstack([np.full((2, 4), np.nan), np.eye(4)[:2]])
+    report = compute_balance(make_context(broken, labels=["a", "a", "b", "c"], k=3))
+    assert "{'a': 0, 'b': 1, 'c': 1}" in report.suggestions[0]
+
+
+def test_tiny_dataset_is_not_cut_into_regions_of_one():
+    vectors = np.random.default_rng(0).normal(size=(8, 4))
+    report = compute_balance(make_context(vectors, labels=["a", "b"] * 4), n_clusters=10)
+    assert len(report.cluster_mix) == 1  # 8 samples: one region of at least thin_count (5)
+    assert len([s for s in report.suggestions if s.startswith("Cluster ")]) <= 1  # not one per sample
+    assert len(compute_balance(make_context(np.random.default_rng(1).normal(size=(60, 4)), labels=["a", "b"] * 30),
+                               n_clusters=10).cluster_mix) == 10

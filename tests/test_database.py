@@ -28,6 +28,12 @@ from curation.database import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _bundled_mode(monkeypatch):
+    """These tests are about the bundled mongod; the session's own URI (conftest) is hidden."""
+    monkeypatch.delenv("FIFTYONE_DATABASE_URI", raising=False)
+
+
 def _closed_port_uri(password: str | None = None) -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -309,7 +315,6 @@ def test_private_mongod_starts_answers_and_points_fiftyone_at_itself(tmp_path, m
 
     from curation.database import start_private_mongod
 
-    monkeypatch.delenv("FIFTYONE_DATABASE_URI", raising=False)
     monkeypatch.setenv("FIFTYONE_DATABASE_DIR", os.environ.get("FIFTYONE_DATABASE_DIR", ""))  # restored afterwards
     process = start_private_mongod(tmp_path)
     try:

@@ -180,6 +180,7 @@ def test_two_sessions_deciding_at_once_lose_no_decision(scratch, tmp_path):
     for worker in workers:
         _, err = worker.communicate(timeout=240)
         assert worker.returncode == 0, err[-2000:]
+    scratch.reload()  # the workers added fields this process has not seen
     histories = dict(zip(*scratch.select(ids).values(["id", "decision_history"])))
     for sample_id in shared:
         reasons = sorted(entry["reason"] for entry in histories[sample_id])

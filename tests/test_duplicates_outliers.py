@@ -126,6 +126,12 @@ def test_outliers_leave_zero_vectors_unscored():
     assert np.isnan(result.table.loc["s4", "score"]) and "1 samples without a usable embedding" in result.summary
 
 
+def test_a_lone_sample_is_unscored_for_lack_of_neighbours_not_of_an_embedding():
+    result = find_outliers(make_context(np.eye(4)[:1], k=3))
+    assert result.summary.endswith("; 1 samples with no neighbour to compare with were not scored")
+    assert "usable embedding" not in result.summary
+
+
 @pytest.mark.parametrize("count", [1, 2])
 def test_tiny_datasets_give_results_not_tracebacks(count):
     context = make_context(np.eye(4)[:count], splits=["train", "test"][:count], k=5)

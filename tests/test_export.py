@@ -200,3 +200,13 @@ def test_unlabelled_samples_are_reported_not_foldered(curated, tmp_path):
     assert report.left_out == {"unlabelled (a folder tree has no place for them)": 3}
     assert report.samples == len(ids) - 2 - 3
     assert not (tmp_path / "out" / "_unlabeled").exists()
+
+
+def test_label_formats_refuse_a_dataset_without_labels(curated, tmp_path):
+    from curation.export import ExportError
+
+    for fmt in ("folders", "yolo", "coco", "cvat"):
+        with pytest.raises(ExportError, match=f"{fmt} needs labels.*export as fiftyone, csv or parquet"):
+            export_dataset(curated, tmp_path / fmt, format=fmt, label_field=None)
+    report = export_dataset(curated, tmp_path / "csv", format="csv", label_field=None)
+    assert report.samples == len(curated) - 2

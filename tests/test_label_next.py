@@ -47,3 +47,18 @@ def test_budget_validation_and_tiny_inputs():
     with pytest.raises(FinderInputError, match="expected at least 1, got 0"):
         find_label_next(make_context(np.eye(3)), LabelNextConfig(budget=0))
     assert find_label_next(make_context(np.eye(2)[:1], k=2)).table["is_issue"].sum() == 1
+
+
+def test_one_example_per_class_is_a_cold_start_not_a_skip():
+    # Two labelled samples, one per class, and ten unlabelled: no classifier can be cross-validated,
+    # so the list is a diverse cover of the data instead of "not run".
+    vectors, _ = _two_blobs_with_a_boundary()
+    labels = [None] * len(vectors)
+    labels[0], labels[30] = "a", "b"
+    result = find_label_next(make_context(vectors, labels=labels), LabelNextConfig(budget=3, include_labelled=False))
+    rows = sorted(int(p[1:]) for p in result.table.index[result.table["is_issue"]])
+    assert len(rows) == 3 and 0 not in rows and 30 not in rows
+    assert len({0 if r < 30 else 1 if r < 60 else 2 for r in rows}) == 3  # one from each region
+    assert (result.table["score"] == 1.0).all()
+    two = find_label_next(make_context(np.eye(4)[:2], labels=["a", "b"], k=2))
+    assert two.table["is_issue"].tolist() == [True, True]

@@ -94,3 +94,44 @@ def test_cluster_edge_cases_and_bad_method():
     assert compute_clusters(np.ones((2, 4)), ClusterConfig(n_clusters=10)).shape == (2,)
     with pytest.raises(ValueError, match="unknown cluster method 'dbscan'. Available: kmeans, hdbscan"):
         compute_clusters(np.ones((3, 2)), ClusterConfig(method="dbscan"))
+
+
+def test_map_reuses_the_shared_neighbour_graph(monkeypatch):
+    """The map's UMAP gets the finders' cached kNN graph instead of searching again."""
+    from curation import neighbors
+    from sklearn.manifold import trustworthiness
+
+    points, blob = _blobs()
+    ids = [f"id{i}" for i in range(len(points))]
+    graph = neighbors.cached_neighbors("ds-shared", "emb", ids, normalize_rows(points), 15)  # as analyze does
+    seen = {}
+    real = projection.compute_projection
+
+    def spy(embeddings, config=ProjectionConfig(), *, knn=None):
+        seen["knn"] = knn
+        return real(embeddings, config, knn=knn)
+
+    monkeypatch.setattr(projection, "compute_projection", spy)
+    monkeypatch.setattr(neighbors, "compute_neighbors", lambda *a, **k: pytest.fail("the graph was computed again"))
+    coords = projection.cached_projection("ds-shared", "emb", ids, points, ProjectionConfig(n_neighbors=10))
+    assert np.array_equal(seen["knn"][0][:, 1:], graph.indices)  # the finders' graph, self first
+    assert np.isfinite(coords).all()
+    assert trustworthiness(normalize_rows(points), coords, n_neighbors=10) >= 0.8
+    centroids = np.stack([coords[blob == b].mean(axis=0) for b in range(3)])
+    assert min(np.linalg.norm(centroids[a] - centroids[b]) for a in range(3) for b in range(a + 1, 3)) > 1.0
+
+
+def test_a_graph_with_broken_rows_is_not_given_to_umap():
+    """Rows without neighbours (zero or NaN vectors) would get NaN coordinates from UMAP."""
+    from curation.neighbors import compute_neighbors, umap_precomputed_knn
+
+    points, _ = _blobs(per_blob=10)
+    points[3] = 0.0
+    knn = umap_precomputed_knn(compute_neighbors(normalize_rows(points), 10))
+    assert projection.usable_knn(knn, len(points), 10) is None
+    assert projection.usable_knn(knn, len(points) + 1, 10) is None
+    coords = projection.compute_projection(points, ProjectionConfig(n_neighbors=10), knn=knn)
+    assert np.isfinite(coords).all()
+    clean, _ = _blobs(per_blob=10)
+    usable = projection.usable_knn(umap_precomputed_knn(compute_neighbors(normalize_rows(clean), 15)), len(clean), 10)
+    assert usable[0].shape == (len(clean), 10) and (usable[0][:, 0] == np.arange(len(clean))).all()

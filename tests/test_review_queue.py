@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from curation.review import QUEUE_FINDERS, QueueFilter, review_queue
+from curation.review import QUEUE_FINDERS, QUEUE_WEIGHTS, QueueFilter, review_queue
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,12 @@ def test_agreeing_finders_rank_above_either_alone(analysed):
     for row in queue.itertuples():
         scores = {"mislabels": row.mislabel_score, "duplicates": row.nearest_neighbor_similarity,
                   "leakage": row.leak_similarity, "outliers": row.outlier_score, "label_next": row.uncertainty_score}
-        used = [min(max(scores[name] or 0.0, 0.0), 1.0) for name in row.finders if name in scores]
+        used = [QUEUE_WEIGHTS[name] * min(max(scores[name] or 0.0, 0.0), 1.0) for name in row.finders]
         assert row.priority >= max(used) - 1e-9
+        if sum(u > 0 for u in used) > 1:
+            assert row.priority > max(used)
+    label_next_only = queue[queue["finders"].map(lambda f: f == ["label_next"])]
+    assert (label_next_only["priority"] <= 0.5).all()  # advice alone never outranks a confident finding
 
 
 def test_filters_by_finder_class_tag_ids_and_score(analysed):
@@ -73,4 +77,13 @@ def test_decided_samples_leave_the_queue_and_undo_brings_them_back(analysed):
 
 
 def test_queue_is_empty_before_any_finder_ran(embedded_dataset):
-    assert review_queue(embedded_dataset, "ground_truth").empty
+    from curation.analysis import FLAG_FIELDS
+
+    dataset = embedded_dataset.clone()
+    try:
+        for field in FLAG_FIELDS.values():  # other tests may have analysed the shared dataset
+            if dataset.has_sample_field(field):
+                dataset.delete_sample_field(field)
+        assert review_queue(dataset, "ground_truth").empty
+    finally:
+        dataset.delete()

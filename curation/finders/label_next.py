@@ -6,8 +6,8 @@ a model fitted on every labelled one; labelled samples use their out-of-fold pre
 so a confidently wrong label does not look certain. The list is built greedily: each pick
 maximises ``uncertainty x (1 - similarity to the closest sample already picked)``, so a
 cluster of near-identical hard cases contributes one sample, not fifty. With no labels at
-all every sample is equally uncertain and the list is a diverse cover of the data
-(k-centre greedy).
+all, or too few to train a classifier (one class, or a single example of each), every
+sample is equally uncertain and the list is a diverse cover of the data (k-centre greedy).
 """
 
 from __future__ import annotations
@@ -32,14 +32,16 @@ class LabelNextConfig:
 
 
 def sample_uncertainty(context: FinderContext, seed: int = 0) -> np.ndarray:
-    """(N,) uncertainty in [0, 1]; NaN for broken vectors. All ones when nothing is labelled
-    or only one class is (no classifier can be trained)."""
+    """(N,) uncertainty in [0, 1]; NaN for broken vectors. All ones when no classifier can be
+    cross-validated: nothing is labelled, only one class is, or no class has two samples with
+    a usable embedding (the cold start: one example of each class)."""
     count = len(context)
     usable = usable_rows(context.embeddings)
     labels = context.labels if context.labels is not None else np.full(count, None, dtype=object)
     has_label = label_mask(labels)
     uncertainty = np.where(usable, 1.0, np.nan)
-    if len({str(label) for label in labels[has_label & usable]}) < 2:
+    class_sizes = pd.Series([str(label) for label in labels[has_label & usable]], dtype=object).value_counts()
+    if len(class_sizes) < 2 or class_sizes.max() < 2:
         return uncertainty
     cached = context.extras.get("out_of_fold")
     predictions = cached or compute_out_of_fold_predictions(context.embeddings, labels, seed=seed,

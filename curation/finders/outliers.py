@@ -57,7 +57,10 @@ def find_outliers(context: FinderContext, config: OutlierConfig = OutlierConfig(
     table = pd.DataFrame({"score": score, "is_issue": is_issue, "mean_neighbor_distance": distance},
                          index=pd.Index(context.ids, name="id"))
     skipped = int(count - finite.sum())
+    broken = int((~valid_vector).sum())
     summary = f"{flagged} outliers flagged (the farthest {config.fraction:.0%} by mean distance to {k} nearest neighbours)"
-    if skipped:
-        summary += f"; {skipped} samples without a usable embedding were not scored"
+    if broken:
+        summary += f"; {broken} samples without a usable embedding were not scored"
+    if skipped - broken:
+        summary += f"; {skipped - broken} samples with no neighbour to compare with were not scored"
     return FinderResult("outliers", table, summary, {"config": asdict(config), "unscored": skipped})
