@@ -90,12 +90,14 @@ with export_tab:
     cells[1].caption(EXPORT_FORMATS[export_format])
     split_fields = [name for name in (DEFAULT_SPLIT_FIELD, "split") if dataset.has_sample_field(name)]
     filters = st.columns(4)
-    split_field = filters[0].selectbox("Split field", ["(no splits)"] + split_fields, key="ex_split_field")
+    split_field = filters[0].selectbox("Split field", ["(no splits)"] + split_fields, key="ex_split_field",
+                                       index=1 if split_fields else 0,
+                                       help="lay the export out per split; samples without a split are left out")
     classes = sorted(c for c in dataset.distinct(f"{label_field}.label") if c) if label_field else []
     chosen_classes = filters[1].multiselect("Classes", classes, key="ex_classes", placeholder="all classes")
     tags = filters[2].multiselect("With tags", sorted(dataset.distinct("tags")), key="ex_tags", placeholder="any")
     scored = dataset.has_sample_field("mislabel_score")
-    drop_suspects = filters[3].checkbox("Leave out suspected mislabels", key="ex_drop_suspects", disabled=not scored,
+    drop_suspects = filters[3].checkbox("Drop suspected mislabels", key="ex_drop_suspects", disabled=not scored,
                                         help="samples whose mislabel score reaches the cut-off below (run the finders first)")
     max_mislabel = filters[3].slider("Mislabel score cut-off", 0.5, 1.0, 0.9, 0.01, key="ex_max_mislabel",
                                      disabled=not (scored and drop_suspects))
