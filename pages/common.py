@@ -82,7 +82,8 @@ def current_dataset():
         return None
 
 
-def _pick(label: str, options: list[str], state_key: str, default: str | None, *, show_label: bool = True) -> str:
+def _pick(label: str, options: list[str], state_key: str, default: str | None, *, show_label: bool = True,
+          names: dict[str, str] | None = None) -> str:
     """A sidebar selectbox whose choice lives in ``st.session_state[state_key]``.
 
     The widget itself is keyless: Streamlit drops a keyed widget's state on any run that does
@@ -92,7 +93,8 @@ def _pick(label: str, options: list[str], state_key: str, default: str | None, *
     if current not in options:
         current = default if default in options else options[0]
     choice = st.selectbox(label, options, index=options.index(current),
-                          label_visibility="visible" if show_label else "collapsed")
+                          label_visibility="visible" if show_label else "collapsed",
+                          format_func=(lambda option: names.get(option, option)) if names else str)
     st.session_state[state_key] = choice
     return choice
 
@@ -122,9 +124,12 @@ def sidebar() -> None:
         else:
             st.session_state["label_field"] = None
             st.caption("No classification labels in this dataset.")
-        embedding_fields = [status.field for status in ds.embedding_statuses(dataset)]
+        statuses = ds.embedding_statuses(dataset)
+        embedding_fields = [status.field for status in statuses]
         if embedding_fields:
-            _pick("Embeddings", embedding_fields, "embedding_field", default_embedding_field(dataset))
+            # The model's name, not the long field name (which the Overview page shows).
+            _pick("Embeddings", embedding_fields, "embedding_field", default_embedding_field(dataset),
+                  names={status.field: status.model for status in statuses})
         else:
             st.session_state["embedding_field"] = None
         selected = len(st.session_state["selected_ids"])
