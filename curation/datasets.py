@@ -42,7 +42,27 @@ def load_dataset(name: str):
     if not fo.dataset_exists(name):
         existing = ", ".join(sorted(fo.list_datasets())) or "none yet"
         raise DatasetNotFoundError(f"no FiftyOne dataset named {name!r}. Existing datasets: {existing}")
-    return fo.load_dataset(name)
+    dataset = fo.load_dataset(name)
+    if _schema_changed_elsewhere(dataset):
+        dataset.reload()
+    return dataset
+
+
+def _schema_changed_elsewhere(dataset) -> bool:
+    """Whether another process added or deleted sample fields since this one loaded the dataset.
+
+    FiftyOne hands back the same in-memory dataset on every ``load_dataset`` and keeps its
+    schema; without this, fields written by ``curation analyze`` in a terminal would stay
+    invisible to a running app until it restarts. One small query; reloads only on a change
+    (a reload would also reset this process's in-memory samples).
+    """
+    from fiftyone.core.odm import get_db_conn
+
+    stored = get_db_conn().datasets.find_one({"_id": dataset._doc.id}, {"sample_fields.name": 1})
+    if stored is None:
+        return False
+    names = {field["name"] for field in stored.get("sample_fields", []) if not field["name"].startswith("_")}
+    return names != set(dataset.get_field_schema())
 
 
 def curation_info(dataset) -> dict[str, Any]:

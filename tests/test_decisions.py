@@ -190,3 +190,21 @@ def test_two_sessions_deciding_at_once_lose_no_decision(scratch, tmp_path):
     for sample_id in only_b:
         assert [entry["reason"] for entry in histories[sample_id]] == [f"b{r}" for r in range(5)]
         assert scratch[sample_id].ground_truth.label == "class4"
+
+
+def test_fields_added_by_another_process_are_seen_on_the_next_load(scratch):
+    """A running app sees what `curation analyze` in a terminal wrote, without a restart."""
+    import os
+    import subprocess
+    import sys
+
+    from curation.datasets import load_dataset
+
+    scratch.persistent = True
+    assert not load_dataset(scratch.name).has_sample_field("from_elsewhere")
+    code = ("import curation; from curation.datasets import load_dataset; import fiftyone as fo; "
+            f"d = load_dataset({scratch.name!r}); d.add_sample_field('from_elsewhere', fo.StringField); "
+            "d.set_values('from_elsewhere', ['x'] * len(d))")
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ), timeout=120)
+    again = load_dataset(scratch.name)
+    assert again.has_sample_field("from_elsewhere") and set(again.values("from_elsewhere")) == {"x"}
