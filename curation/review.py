@@ -143,3 +143,38 @@ def review_queue(dataset, label_field: str | None, queue_filter: QueueFilter = Q
     table["priority"], table["finders"], table["reason"] = priorities, finders, reasons
     table = table[table["priority"] >= queue_filter.min_priority]
     return table[QUEUE_COLUMNS].sort_values("priority", ascending=False, kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class CurationStatus:
+    """Where a dataset's curation stands: findings, open queue, decisions, saved splits."""
+
+    analysed_at: str | None
+    flagged: dict[str, int]          # finder -> samples it flags
+    to_review: int                   # flagged and still undecided
+    decisions: dict[str, int]        # decision -> samples currently carrying it
+    splits: dict[str, dict]          # split field -> counts per split
+
+
+def curation_status(dataset) -> CurationStatus:
+    """A summary for the overview page and ``curation datasets``; cheap counts only."""
+    from fiftyone import ViewField as F
+
+    from curation.datasets import curation_info
+
+    info = curation_info(dataset)
+    flagged = {name: int(dataset.match(F(flag) == True).count())  # noqa: E712
+               for name, (flag, _) in QUEUE_FINDERS.items() if dataset.has_sample_field(flag)}
+    to_review = 0
+    if flagged:
+        view = dataset.match(F.any([F(QUEUE_FINDERS[name][0]) == True for name in flagged]))  # noqa: E712
+        if dataset.has_sample_field("decision"):
+            view = view.match(F("decision") == None)  # noqa: E711
+        to_review = int(view.count())
+    decisions = {}
+    if dataset.has_sample_field("decision"):
+        decisions = {str(k): int(v) for k, v in dataset.count_values("decision").items() if k}
+    splits = {field: dict(record.get("counts", {})) for field, record in info.get("splits", {}).items()
+              if isinstance(record, dict)}
+    return CurationStatus(analysed_at=info.get("analysis", {}).get("updated_at"), flagged=flagged,
+                          to_review=to_review, decisions=decisions, splits=splits)

@@ -14,6 +14,10 @@ from curation.relabel import export_annotation_task, import_annotations
 from curation.splits import BALANCE_MODES, DEFAULT_SPLIT_FIELD, SplitConfig, make_splits, write_splits
 from pages.common import bump_data_version, open_page
 
+SCORE_FIELDS = {"mislabel_score": "mislabel score", "outlier_score": "outlier score",
+                "nearest_neighbor_similarity": "near-duplicate similarity", "leak_similarity": "leak similarity",
+                "uncertainty_score": "uncertainty"}
+
 dataset, field = open_page("Export", needs_embeddings=False)
 label_field = st.session_state["label_field"]
 removed = len(decided_samples(dataset, label_field, ("remove",)))
@@ -96,19 +100,25 @@ with export_tab:
     classes = sorted(c for c in dataset.distinct(f"{label_field}.label") if c) if label_field else []
     chosen_classes = filters[1].multiselect("Classes", classes, key="ex_classes", placeholder="all classes")
     tags = filters[2].multiselect("With tags", sorted(dataset.distinct("tags")), key="ex_tags", placeholder="any")
-    scored = dataset.has_sample_field("mislabel_score")
-    drop_suspects = filters[3].checkbox("Drop suspected mislabels", key="ex_drop_suspects", disabled=not scored,
-                                        help="samples whose mislabel score reaches the cut-off below (run the finders first)")
-    max_mislabel = filters[3].slider("Mislabel score cut-off", 0.5, 1.0, 0.9, 0.01, key="ex_max_mislabel",
-                                     disabled=not (scored and drop_suspects))
-    only_selection = st.checkbox(f"Only the map selection ({len(st.session_state['selected_ids'])})",
-                                 key="ex_only_selection", disabled=not st.session_state["selected_ids"])
-    with_embeddings = st.checkbox("Include embeddings", key="ex_embeddings",
-                                  disabled=export_format not in ("csv", "parquet") or not field,
-                                  help="csv (embeddings.npy beside the manifest) and parquet (a list column) only")
-    spec = ViewSpec(classes=tuple(chosen_classes), tags=tuple(tags),
+    decided = filters[3].multiselect("Decisions", ["none", "keep", "relabel", "annotate", "dismiss"], key="ex_decisions",
+                                     placeholder="any (removed always left out)",
+                                     format_func=lambda d: "undecided" if d == "none" else d,
+                                     help="e.g. only what a person has looked at: keep + relabel")
+    scores = [name for name in SCORE_FIELDS if dataset.has_sample_field(name)]
+    cut = st.columns([2, 2, 3], vertical_alignment="bottom")
+    score_field = cut[0].selectbox("Leave out by score", ["(none)"] + scores, key="ex_score_field",
+                                   format_func=lambda name: SCORE_FIELDS.get(name, name), disabled=not scores,
+                                   help="run the finders first" if not scores else
+                                   "samples scoring at or above the cut-off are left out")
+    score_cut = cut[1].slider("Cut-off", 0.5, 1.0, 0.9, 0.01, key="ex_score_cut", disabled=score_field == "(none)")
+    only_selection = cut[2].checkbox(f"Only the map selection ({len(st.session_state['selected_ids'])})",
+                                     key="ex_only_selection", disabled=not st.session_state["selected_ids"])
+    with_embeddings = cut[2].checkbox("Include embeddings", key="ex_embeddings",
+                                      disabled=export_format not in ("csv", "parquet") or not field,
+                                      help="csv (embeddings.npy beside the manifest) and parquet (a list column) only")
+    spec = ViewSpec(classes=tuple(chosen_classes), tags=tuple(tags), decisions=tuple(decided),
                     ids=tuple(st.session_state["selected_ids"]) if only_selection else (),
-                    max_scores=(("mislabel_score", float(max_mislabel)),) if scored and drop_suspects else (),
+                    max_scores=((score_field, float(score_cut)),) if score_field != "(none)" else (),
                     split_field=None if split_field == "(no splits)" else split_field)
     count = len(build_view(dataset, label_field, spec))
     out_dir = st.text_input("Export to (a new directory)", str(default_export_dir(dataset.name, export_format)),

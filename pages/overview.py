@@ -6,6 +6,7 @@ import streamlit as st
 from curation import datasets as ds
 from curation.embeddings import embedding_failures
 from curation.plots import class_count_bar
+from curation.review import curation_status
 from pages.common import open_page
 
 dataset, _ = open_page("Overview", needs_embeddings=False)
@@ -17,6 +18,25 @@ columns[0].metric("Samples", f"{summary.sample_count:,}")
 columns[1].metric("Classes", len([c for c in summary.class_counts if c is not None]) if summary.label_field else "—")
 columns[2].metric("Embedded", f"{embedded.embedded:,} / {embedded.total:,}" if embedded else "not yet")
 columns[3].metric("Tagged samples", f"{sum(summary.tags.values()):,}" if summary.tags else "0")
+
+st.subheader("Curation")
+status = curation_status(dataset)
+if not status.analysed_at:
+    st.caption("The finders have not run yet: open **Review** (or run `curation analyze "
+               f"--dataset {summary.name}`) to find duplicates, leaks, suspected mislabels and outliers.")
+else:
+    cells = st.columns(4)
+    cells[0].metric("To review", f"{status.to_review:,}", help="flagged by a finder and not decided yet")
+    cells[1].metric("Removed", f"{status.decisions.get('remove', 0):,}")
+    cells[2].metric("Relabelled", f"{status.decisions.get('relabel', 0):,}")
+    cells[3].metric("Sent to annotation", f"{status.decisions.get('annotate', 0):,}")
+    flagged = " · ".join(f"{name.replace('_', ' ')} {count:,}" for name, count in status.flagged.items())
+    st.caption(f"Findings of {status.analysed_at}: {flagged or 'nothing flagged'}.")
+    for field, counts in status.splits.items():
+        st.caption(f"Split saved in `{field}`: " + ", ".join(f"{name} {count:,}" for name, count in counts.items()))
+    links = st.columns(4)
+    links[0].page_link("pages/review.py", label="Review the queue", icon=":material/rule:")
+    links[1].page_link("pages/export.py", label="Split and export", icon=":material/download:")
 
 st.subheader("Embeddings")
 if not summary.embeddings:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fiftyone import ViewField as F
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -142,3 +143,34 @@ def test_export_page_writes_a_relabel_task(app, analysed, tmp_path):
     _button(at, "Export task").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert (out / "annotations.xml").exists() and len(list((out / "images").iterdir())) == 3
+
+
+def test_overview_shows_where_the_curation_stands(app, analysed):
+    from curation.decisions import record_decision
+    from curation.review import review_queue
+
+    queue = review_queue(analysed, "ground_truth")
+    record_decision(analysed, queue["id"].iloc[:3].tolist(), "remove", reason="test")
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["To review"] == f"{len(queue) - 3:,}" and metrics["Removed"] == "3"
+    assert any(c.value.startswith("Findings of ") for c in at.caption)
+
+
+def test_export_page_filters_by_decision_and_score(app, analysed, tmp_path):
+    from curation.decisions import record_decision
+
+    ids = analysed.values("id")
+    record_decision(analysed, ids[:5], "keep", reason="looked at it")
+    at = app("pages/export.py")
+    at.selectbox(key="ex_format").select("csv").run()
+    at.selectbox(key="ex_split_field").select("(no splits)").run()  # another test may have saved a split
+    at.multiselect(key="ex_decisions").set_value(["keep"]).run()
+    assert any(b.label == "Export 5 samples" for b in at.button)
+    at.multiselect(key="ex_decisions").set_value([]).run()
+    at.selectbox(key="ex_score_field").select("outlier_score").run()
+    at.slider(key="ex_score_cut").set_value(0.5).run()
+    kept = len(analysed.match((F("outlier_score") == None) | (F("outlier_score") < 0.5)))  # noqa: E711
+    assert any(b.label == f"Export {kept:,} samples" for b in at.button), [b.label for b in at.button]

@@ -87,3 +87,22 @@ def test_queue_is_empty_before_any_finder_ran(embedded_dataset):
         assert review_queue(dataset, "ground_truth").empty
     finally:
         dataset.delete()
+
+
+def test_curation_status_counts_findings_decisions_and_splits(analysed):
+    from curation.decisions import clear_decision, record_decision
+    from curation.review import curation_status
+    from curation.splits import SplitConfig, make_splits, write_splits
+
+    queue = review_queue(analysed, "ground_truth")
+    first = queue["id"].iloc[:2].tolist()
+    record_decision(analysed, first, "remove", reason="test")
+    write_splits(analysed, make_splits(analysed, "ground_truth", SplitConfig(seed=1)), field="status_split")
+    try:
+        status = curation_status(analysed)
+        assert status.analysed_at and status.to_review == len(queue) - 2
+        assert status.decisions == {"remove": 2}
+        assert status.flagged["outliers"] == len(analysed.match({"outlier_flag": True}))
+        assert sum(status.splits["status_split"].values()) == len(analysed) - 2
+    finally:
+        clear_decision(analysed, first)
