@@ -223,6 +223,13 @@ def decisions_for(dataset, sample_ids: list[str]) -> dict[str, str | None]:
     return dict(zip(sample_ids, values))
 
 
+def decision_counts(dataset) -> dict[str, int]:
+    """Samples per current decision (undecided ones not counted); one aggregation."""
+    if not dataset.has_sample_field("decision"):
+        return {}
+    return {str(name): int(count) for name, count in dataset.count_values("decision").items() if name}
+
+
 def decision_history(dataset, sample_id: str) -> list[dict]:
     """The decisions of one sample, oldest first (each with the state it replaced)."""
     if not dataset.has_sample_field(HISTORY_FIELD):

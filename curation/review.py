@@ -161,6 +161,7 @@ def curation_status(dataset) -> CurationStatus:
     from fiftyone import ViewField as F
 
     from curation.datasets import curation_info
+    from curation.decisions import decision_counts
 
     info = curation_info(dataset)
     flagged = {name: int(dataset.match(F(flag) == True).count())  # noqa: E712
@@ -171,9 +172,7 @@ def curation_status(dataset) -> CurationStatus:
         if dataset.has_sample_field("decision"):
             view = view.match(F("decision") == None)  # noqa: E711
         to_review = int(view.count())
-    decisions = {}
-    if dataset.has_sample_field("decision"):
-        decisions = {str(k): int(v) for k, v in dataset.count_values("decision").items() if k}
+    decisions = decision_counts(dataset)
     splits = {field: dict(record.get("counts", {})) for field, record in info.get("splits", {}).items()
               if isinstance(record, dict)}
     return CurationStatus(analysed_at=info.get("analysis", {}).get("updated_at"), flagged=flagged,

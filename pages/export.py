@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from curation.decisions import decided_samples
+from curation.decisions import decision_counts
 from curation.export import EXPORT_FORMATS, ViewSpec, build_view, export_dataset
 from curation.paths import default_export_dir
 from curation.plots import split_distribution_bar
@@ -20,9 +20,8 @@ SCORE_FIELDS = {"mislabel_score": "mislabel score", "outlier_score": "outlier sc
 
 dataset, field = open_page("Export", needs_embeddings=False)
 label_field = st.session_state["label_field"]
-removed = len(decided_samples(dataset, label_field, ("remove",)))
-relabelled = len(decided_samples(dataset, label_field, ("relabel",)))
-annotate = len(decided_samples(dataset, label_field, ("annotate",)))
+counts = decision_counts(dataset)
+removed, relabelled, annotate = (counts.get(name, 0) for name in ("remove", "relabel", "annotate"))
 summary = st.columns(4)
 summary[0].metric("Samples", f"{len(dataset):,}")
 summary[1].metric("Decided remove", f"{removed:,}", help="left out of every export and split")
