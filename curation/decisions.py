@@ -253,13 +253,18 @@ class DecisionRecord:
     history: tuple[dict, ...]
 
 
-def decided_samples(dataset, label_field: str | None = None, decisions: tuple[str, ...] = DECISIONS) -> list[DecisionRecord]:
-    """Every sample whose current decision is one of ``decisions``, in dataset order."""
+def decided_samples(dataset, label_field: str | None = None, decisions: tuple[str, ...] = DECISIONS, *,
+                    newest: int | None = None) -> list[DecisionRecord]:
+    """Every sample whose current decision is one of ``decisions``, in dataset order; or,
+    with ``newest``, the ``newest`` most recently decided ones, newest first (sorted and
+    cut in the database)."""
     if not dataset.has_sample_field("decision"):
         return []
     from fiftyone import ViewField as F
 
     view = dataset.match(F("decision").is_in(list(decisions)))
+    if newest is not None:
+        view = view.sort_by("decision_at", reverse=True).limit(newest)
     fields = ["id", "filepath", "decision", "decision_reason", "decision_source", "decision_at"]
     columns = dict(zip(fields, view.values(fields)))
     labels = view.values(f"{label_field}.label") if label_field and dataset.has_sample_field(label_field) else [None] * len(view)

@@ -153,7 +153,7 @@ for row in queue.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE].itertuples(index
             act("annotate", [row.id], reason=row.reason)
 
 # ---------------------------------------------------------------- recent decisions
-recent = sorted(decided_samples(dataset, label_field), key=lambda record: record.at or "", reverse=True)[:10]
+recent = decided_samples(dataset, label_field, newest=10)
 if recent:
     with st.expander(f"Recent decisions ({len(recent)})"):
         for record in recent:

@@ -208,3 +208,17 @@ def test_fields_added_by_another_process_are_seen_on_the_next_load(scratch):
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ), timeout=120)
     again = load_dataset(scratch.name)
     assert again.has_sample_field("from_elsewhere") and set(again.values("from_elsewhere")) == {"x"}
+
+
+def test_newest_decisions_come_first_and_are_limited(scratch):
+    import time
+
+    from curation.decisions import decided_samples
+
+    ids = scratch.values("id")[:4]
+    for sample_id in ids:
+        record_decision(scratch, [sample_id], "keep", reason=sample_id)
+        time.sleep(1.05)  # decision_at has second resolution
+    newest = decided_samples(scratch, "ground_truth", newest=2)
+    assert [record.id for record in newest] == [ids[3], ids[2]]
+    assert len(decided_samples(scratch, "ground_truth")) == 4
