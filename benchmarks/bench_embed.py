@@ -335,11 +335,9 @@ def main(argv: list[str] | None = None) -> int:
             for name in dataset_names:
                 if fo.dataset_exists(name):
                     fo.delete_dataset(name)
-        mongod.terminate()
-        try:
-            mongod.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            mongod.kill()
+        from curation.database import stop_private_mongod
+
+        stop_private_mongod(mongod)
         if args.keep_temp:
             _log(f"kept {work_dir}")
         else:

@@ -512,11 +512,9 @@ def main() -> int:
             print_table([entry])
     finally:
         if mongod is not None:
-            mongod.terminate()
-            try:
-                mongod.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                mongod.kill()
+            from curation.database import stop_private_mongod
+
+            stop_private_mongod(mongod)
         shutil.rmtree(root, ignore_errors=True)
     print_table(results)
     return 0

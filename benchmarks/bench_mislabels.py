@@ -594,11 +594,9 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:
                 logger.exception("could not delete the FiftyOne dataset")
         if mongod:
-            mongod.terminate()
-            try:
-                mongod.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                mongod.kill()
+            from curation.database import stop_private_mongod
+
+            stop_private_mongod(mongod)
         shutil.rmtree(work_dir, ignore_errors=True)
     print(markdown(results))
     if args.json:

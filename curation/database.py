@@ -218,3 +218,14 @@ def start_private_mongod(work_dir: Path, *, timeout: float = 60.0):
                 process.kill()
                 raise DatabaseUnavailable(f"private mongod did not start within {timeout:.0f} s (see {log})") from None
             time.sleep(0.25)
+
+
+def stop_private_mongod(process, *, timeout: float = 30.0) -> None:
+    """Stop a mongod from :func:`start_private_mongod`: terminate, then kill if it lingers."""
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -28,11 +27,7 @@ SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 
 
 def pytest_sessionfinish(session, exitstatus):
-    _MONGOD.terminate()
-    try:
-        _MONGOD.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        _MONGOD.kill()
+    stop_private_mongod(_MONGOD)
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 
@@ -140,7 +135,7 @@ def tiny_clip(tmp_path_factory):
 # database service ("--51-service db") on FIFTYONE_DATABASE_DIR, and every other FiftyOne
 # process of the user started meanwhile (the app, a CLI run) would attach to that service
 # and write its datasets into this temporary directory, lost when the session ends.
-from curation.database import start_private_mongod  # noqa: E402  (imports no fiftyone)
+from curation.database import start_private_mongod, stop_private_mongod  # noqa: E402  (imports no fiftyone)
 
 _MONGOD = start_private_mongod(_SESSION_DIR)
 

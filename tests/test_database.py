@@ -313,7 +313,7 @@ def test_private_mongod_starts_answers_and_points_fiftyone_at_itself(tmp_path, m
 
     import pymongo
 
-    from curation.database import start_private_mongod
+    from curation.database import start_private_mongod, stop_private_mongod
 
     monkeypatch.setenv("FIFTYONE_DATABASE_DIR", os.environ.get("FIFTYONE_DATABASE_DIR", ""))  # restored afterwards
     process = start_private_mongod(tmp_path)
@@ -323,6 +323,6 @@ def test_private_mongod_starts_answers_and_points_fiftyone_at_itself(tmp_path, m
         assert pymongo.MongoClient(uri, serverSelectionTimeoutMS=2000).admin.command("ping")["ok"] == 1.0
         assert (tmp_path / "mongo" / "log" / "mongo.log").exists()
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_private_mongod(process)
+        assert process.poll() is not None
         monkeypatch.delenv("FIFTYONE_DATABASE_URI", raising=False)
