@@ -138,6 +138,13 @@ def tiny_clip(tmp_path_factory):
 from curation.database import start_private_mongod, stop_private_mongod  # noqa: E402  (imports no fiftyone)
 
 _MONGOD = start_private_mongod(_SESSION_DIR)
+_SESSION_DATABASE_URI = os.environ["FIFTYONE_DATABASE_URI"]
+
+
+@pytest.fixture(scope="session")
+def session_database_uri() -> str:
+    """The URI of this session's own mongod (for tests that hide FIFTYONE_DATABASE_URI)."""
+    return _SESSION_DATABASE_URI
 
 import sys  # noqa: E402
 

@@ -297,11 +297,8 @@ def test_status_is_a_frozen_value():
     assert status == DatabaseStatus(True, "bundled", "fine")
 
 
-def test_reachable_uri_is_ok(monkeypatch):
-    import fiftyone.core.odm.database as fodb
-
-    host, port = fodb.get_db_client().address  # the mongod this test session already runs
-    uri = f"mongodb://{host}:{port}"
+def test_reachable_uri_is_ok(monkeypatch, session_database_uri):
+    uri = session_database_uri  # the mongod this test session already runs
     monkeypatch.setenv("FIFTYONE_DATABASE_URI", uri)
     status = check_database()
     assert status.ok and status.mode == "uri" and status.detail == f"external MongoDB at {uri}"
