@@ -151,6 +151,13 @@ for row in queue.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE].itertuples(index
             act("remove", [row.id], reason=row.reason)
         if buttons[1].button("Annotate", key=f"rv_annotate_{row.id}", width="stretch", help="send to annotation"):
             act("annotate", [row.id], reason=row.reason)
+        if classes:
+            with cells[2].popover("Relabel to…", width="stretch"):
+                others = [c for c in classes if c != row.label]
+                chosen = st.selectbox("Class", others, key=f"rv_class_{row.id}",
+                                      index=others.index(row.suggested_label) if row.suggested_label in others else 0)
+                if st.button(f"Relabel to {chosen}", key=f"rv_relabel_{row.id}", type="primary", width="stretch"):
+                    act("relabel", [row.id], reason=f"relabelled to {chosen} in review", new_label=chosen)
 
 # ---------------------------------------------------------------- recent decisions
 recent = decided_samples(dataset, label_field, newest=10)

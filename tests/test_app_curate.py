@@ -174,3 +174,18 @@ def test_export_page_filters_by_decision_and_score(app, analysed, tmp_path):
     at.slider(key="ex_score_cut").set_value(0.5).run()
     kept = len(analysed.match((F("outlier_score") == None) | (F("outlier_score") < 0.5)))  # noqa: E711
     assert any(b.label == f"Export {kept:,} samples" for b in at.button), [b.label for b in at.button]
+
+
+def test_review_relabels_one_sample_to_a_chosen_class(app, analysed):
+    from curation.review import review_queue
+
+    at = app("pages/review.py")
+    top = review_queue(analysed, "ground_truth").iloc[0]
+    choice = next(c for c in sorted(analysed.distinct("ground_truth.label")) if c not in (top["label"], top["suggested_label"]))
+    at.selectbox(key=f"rv_class_{top['id']}").select(choice).run()
+    _button(at, f"Relabel to {choice}").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    sample = analysed[top["id"]]
+    sample.reload()
+    assert sample.ground_truth.label == choice and sample["previous_label"] == top["label"]
+    assert sample["decision_reason"] == f"relabelled to {choice} in review"
