@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from memory import peak_rss_mib  # benchmarks/memory.py (this folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "datasets" / "fashion-mnist"
 DEFAULT_MODEL = "efficientnet-lite0-imagenet"  # the offline fallback; CLIP weights need the hub
@@ -50,23 +52,6 @@ DECODE_MAX_SIDE = 512  # what curation.embeddings passes to load_rgb
 # ----------------------------------------------------------------------------------------
 # Isolation: a private MongoDB and cache, set up before curation or fiftyone is imported.
 # ----------------------------------------------------------------------------------------
-
-def peak_rss_mib(pid: int | str = "self") -> float | None:
-    """Peak resident memory of a process in MiB (``VmHWM``), or None where /proc has no answer.
-
-    Not ``ru_maxrss`` for child processes: Linux carries a parent's peak into a child across
-    fork and exec, so a small child started by a big parent reports the parent's figure.
-    """
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    if pid == "self":
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return None
-
 
 def _start_private_mongod(work_dir: Path) -> subprocess.Popen:
     """A mongod of our own (see ``curation.database.start_private_mongod`` for why)."""

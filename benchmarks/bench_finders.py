@@ -40,33 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
+from memory import peak_rss_mib, rss_mib  # benchmarks/memory.py (this folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONTENDERS = ("ours", "fiftyone_brain", "cleanlab_datalab")
 THRESHOLD = 0.95  # cosine similarity; FiftyOne Brain takes a cosine *distance*: 1 - 0.95
-
-
-# ----------------------------------------------------------------------------------------
-# Memory
-# ----------------------------------------------------------------------------------------
-
-def peak_rss_mib(pid: int | str = "self") -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def rss_mib(pid: int | str = "self") -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 # ----------------------------------------------------------------------------------------

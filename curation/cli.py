@@ -177,8 +177,13 @@ def _label_field(dataset, args) -> str | None:
     return getattr(args, "label_field", None) or default_label_field(dataset)
 
 
+def _names(text: str | None) -> tuple[str, ...]:
+    """``"a, b,,c"`` -> ``("a", "b", "c")``; None or empty -> ``()``."""
+    return tuple(t.strip() for t in (text or "").split(",") if t.strip())
+
+
 def _read_ids(args) -> tuple[str, ...]:
-    ids = [i.strip() for i in (args.ids or "").split(",") if i.strip()]
+    ids = list(_names(args.ids))
     if getattr(args, "ids_file", None):
         from pathlib import Path
 
@@ -195,9 +200,6 @@ def _read_ids(args) -> tuple[str, ...]:
 def _view_spec(args):
     from curation.export import ViewSpec
 
-    def names(text):
-        return tuple(t.strip() for t in (text or "").split(",") if t.strip())
-
     max_scores = []
     for item in args.max_score or []:
         name, _, value = item.partition("=")
@@ -205,9 +207,9 @@ def _view_spec(args):
             max_scores.append((name.strip(), float(value)))
         except ValueError:
             raise CommandError(f"--max-score: expected FIELD=VALUE like mislabel_score=0.9, got {item!r}") from None
-    return ViewSpec(tags=names(args.tags), exclude_tags=names(args.exclude_tags), decisions=names(args.decisions),
-                    classes=names(args.classes), ids=_read_ids(args), max_scores=tuple(max_scores),
-                    split_field=args.split_field, splits=names(args.splits), exclude_removed=not args.include_removed)
+    return ViewSpec(tags=_names(args.tags), exclude_tags=_names(args.exclude_tags), decisions=_names(args.decisions),
+                    classes=_names(args.classes), ids=_read_ids(args), max_scores=tuple(max_scores),
+                    split_field=args.split_field, splits=_names(args.splits), exclude_removed=not args.include_removed)
 
 
 def cmd_queue(args) -> int:
@@ -215,9 +217,8 @@ def cmd_queue(args) -> int:
     from curation.review import QueueFilter, review_queue
 
     dataset = load_dataset(args.dataset)
-    names = lambda text: tuple(t.strip() for t in (text or "").split(",") if t.strip())  # noqa: E731
     queue = review_queue(dataset, _label_field(dataset, args), QueueFilter(
-        finders=names(args.finders), classes=names(args.classes), tags=names(args.tags),
+        finders=_names(args.finders), classes=_names(args.classes), tags=_names(args.tags),
         min_priority=args.min_priority, include_decided=args.include_decided))
     if args.out:
         queue.assign(finders=queue["finders"].map(",".join)).to_csv(args.out, index=False)
@@ -274,7 +275,7 @@ def cmd_split(args) -> int:
     dataset = load_dataset(args.dataset)
     config = SplitConfig(ratios=parse_ratios(args.ratios), seed=args.seed, group_field=args.group_field,
                          use_duplicate_groups=not args.no_duplicate_groups, balance=args.balance, cap=args.cap,
-                         target=args.target, balance_splits=tuple(s.strip() for s in args.balance_splits.split(",")),
+                         target=args.target, balance_splits=_names(args.balance_splits),
                          exclude_removed=not args.include_removed)
     result = make_splits(dataset, _label_field(dataset, args), config)
     if not args.dry_run:
