@@ -20,6 +20,7 @@ from curation.embeddings import default_embedding_field, load_embeddings
 from curation.finders import FINDER_REGISTRY, UnknownFinderError, get_finder
 from curation.finders.base import FinderContext, FinderInputError, FinderResult
 from curation.projection import ClusterConfig, compute_clusters, normalize_rows
+from curation.errors import CurationError
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ FINDINGS_COLUMNS = [
 FINDING_FIELDS = FINDINGS_COLUMNS[4:]
 
 
-class AnalysisError(RuntimeError):
+class AnalysisError(CurationError, RuntimeError):
     pass
 
 

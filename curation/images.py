@@ -17,13 +17,14 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from curation.paths import cache_dir
+from curation.errors import CurationError
 
 # PIL's own decompression-bomb limit, made an explicit, documented setting of ours.
 MAX_PIXELS = 178_956_970
 THUMBNAIL_SIZE = 128
 
 
-class ImageLoadError(Exception):
+class ImageLoadError(CurationError):
     """An image could not be decoded; ``str(error)`` is a one-line reason."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import curation  # noqa: F401
 from curation.datasets import DEFAULT_LABEL_FIELD, STAGING_MARKER, _fo, now_iso, update_curation_info
+from curation.errors import CurationError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 FORMATS = ("auto", "classes", "images", "coco", "yolo", "yolov4", "cvat", "fiftyone", "csv")
@@ -24,7 +25,7 @@ DEMO_DATASET = "fashion-mnist-demo"
 DEMO_SOURCE = Path(__file__).resolve().parents[1] / "data" / "fashion-mnist-demo"
 
 
-class ImportError_(ValueError):
+class DatasetImportError(CurationError, ValueError):
     """The source cannot be imported as asked; the message names the file or field."""
 
 
@@ -49,15 +50,15 @@ def detect_format(source: str | os.PathLike) -> str:
     """Guess the format of ``source`` from the files it holds.
 
     Raises:
-        ImportError_: the path does not exist or holds nothing importable.
+        DatasetImportError: the path does not exist or holds nothing importable.
     """
     source = Path(source)
     if not source.exists():
-        raise ImportError_(f"{source}: no such file or directory")
+        raise DatasetImportError(f"{source}: no such file or directory")
     if source.is_file():
         if source.suffix.lower() == ".csv":
             return "csv"
-        raise ImportError_(f"{source}: expected a directory or a .csv file, got a {source.suffix or 'extension-less'} file")
+        raise DatasetImportError(f"{source}: expected a directory or a .csv file, got a {source.suffix or 'extension-less'} file")
     names = {path.name for path in source.iterdir()}
     if "samples.json" in names and "metadata.json" in names:
         return "fiftyone"
@@ -75,7 +76,7 @@ def detect_format(source: str | os.PathLike) -> str:
         return "classes"
     if top_images or any(_is_image(path) for path in source.rglob("*")):
         return "images"
-    raise ImportError_(f"{source}: found no images and no known annotation files (labels.json, dataset.yaml, annotations.xml, samples.json)")
+    raise DatasetImportError(f"{source}: found no images and no known annotation files (labels.json, dataset.yaml, annotations.xml, samples.json)")
 
 
 def _from_csv(fo, source: Path, name: str, label_field: str, filepath_column: str, label_column: str, report: ImportReport):
@@ -85,10 +86,10 @@ def _from_csv(fo, source: Path, name: str, label_field: str, filepath_column: st
         # As text: a numeric label column with a gap would otherwise become floats ("3.0").
         table = pd.read_csv(source, dtype=str)
     except Exception as error:
-        raise ImportError_(f"{source}: cannot read as CSV: {error}") from error
+        raise DatasetImportError(f"{source}: cannot read as CSV: {error}") from error
     for column, what in ((filepath_column, "image paths"), (label_column, "labels")):
         if column not in table.columns and not (column == label_column and label_column == ""):
-            raise ImportError_(
+            raise DatasetImportError(
                 f"{source}: expected a column {column!r} with {what}; the columns are {', '.join(map(str, table.columns))}"
             )
     samples, missing = [], []
@@ -182,7 +183,7 @@ def _yolo_splits(source: Path) -> list[str]:
     try:
         config = yaml.safe_load((source / "dataset.yaml").read_text()) or {}
     except Exception as error:
-        raise ImportError_(f"{source / 'dataset.yaml'}: cannot read as YAML: {error}") from error
+        raise DatasetImportError(f"{source / 'dataset.yaml'}: cannot read as YAML: {error}") from error
     splits, seen = [], []
     for split in ("train", "val", "test"):
         value = config.get(split) if isinstance(config, dict) else None
@@ -191,7 +192,7 @@ def _yolo_splits(source: Path) -> list[str]:
             seen.append(value)
     if not splits:
         keys = ", ".join(map(str, config)) if isinstance(config, dict) else type(config).__name__
-        raise ImportError_(f"{source / 'dataset.yaml'}: expected a 'train', 'val' or 'test' entry; found {keys}")
+        raise DatasetImportError(f"{source / 'dataset.yaml'}: expected a 'train', 'val' or 'test' entry; found {keys}")
     return splits
 
 
@@ -250,18 +251,18 @@ def import_dataset(
         csv_label_column: CSV column with class names; ``""`` for an unlabelled CSV.
 
     Raises:
-        ImportError_: unknown format, unreadable source, or a dataset of that name exists
+        DatasetImportError: unknown format, unreadable source, or a dataset of that name exists
             and ``overwrite`` is False.
     """
     fo = _fo()
     source = Path(source).expanduser().resolve()
     if format not in FORMATS:
-        raise ImportError_(f"unknown format {format!r}. Available: {', '.join(FORMATS)}")
+        raise DatasetImportError(f"unknown format {format!r}. Available: {', '.join(FORMATS)}")
     if not source.exists():
-        raise ImportError_(f"{source}: no such file or directory")
+        raise DatasetImportError(f"{source}: no such file or directory")
     chosen = detect_format(source) if format == "auto" else format
     if fo.dataset_exists(name) and not overwrite:
-        raise ImportError_(f"a dataset named {name!r} already exists; choose another --name or pass --overwrite")
+        raise DatasetImportError(f"a dataset named {name!r} already exists; choose another --name or pass --overwrite")
     report = ImportReport(name=name, format=chosen, source=str(source), samples=0, label_field=label_field)
     staging = f"{name}{STAGING_MARKER}{uuid.uuid4().hex[:8]}"
     try:
@@ -269,9 +270,9 @@ def import_dataset(
     except BaseException as error:  # Ctrl-C too: never leave a half-imported staging dataset
         if fo.dataset_exists(staging):
             fo.delete_dataset(staging)
-        if isinstance(error, ImportError_) or not isinstance(error, Exception):
+        if isinstance(error, DatasetImportError) or not isinstance(error, Exception):
             raise
-        raise ImportError_(f"{source}: could not import as {chosen!r}: {type(error).__name__}: {error}") from error
+        raise DatasetImportError(f"{source}: could not import as {chosen!r}: {type(error).__name__}: {error}") from error
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
     dataset.name = name

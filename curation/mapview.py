@@ -7,6 +7,7 @@ import pandas as pd
 
 from curation.embeddings import load_embeddings
 from curation.projection import ClusterConfig, ProjectionConfig, cached_projection, compute_clusters
+from curation.errors import MissingFieldError
 
 COLOR_LABEL = "label"
 COLOR_KMEANS = "cluster (k-means)"
@@ -71,7 +72,7 @@ def color_column(dataset, frame: pd.DataFrame, color_by: str, field: str,
                                min_cluster_size=base.min_cluster_size, seed=base.seed)
         return pd.Series(cluster_labels(dataset, field, config).loc[frame["id"]].to_numpy(), index=frame.index)
     if not dataset.has_sample_field(color_by):
-        raise KeyError(f"dataset {dataset.name!r} has no field {color_by!r}; choose one of {color_options(dataset)}")
+        raise MissingFieldError(f"dataset {dataset.name!r} has no field {color_by!r}; choose one of {color_options(dataset)}")
     values = dataset.select(list(frame["id"]), ordered=True).values(color_by)
     return pd.Series(values, index=frame.index)
 

@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from curation.errors import CurationError, CurationInputError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "clip-vit-b32-openai"
@@ -67,11 +69,11 @@ def _load_registry() -> dict[str, ModelSpec]:
 MODEL_REGISTRY: dict[str, ModelSpec] = _load_registry()
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(CurationError, ValueError):
     pass
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(CurationError, RuntimeError):
     """The model's weights cannot be loaded here; the message says why."""
 
 
@@ -117,7 +119,7 @@ def resolve_device(device: str = "auto") -> str:
     try:
         torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from error
+        raise CurationInputError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from error
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelUnavailableError(f"device {device!r} requested but no CUDA GPU is available (use --device cpu)")
     index = torch.device(device).index

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from curation.paths import cache_dir
+from curation.errors import CurationInputError
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def compute_clusters(embeddings: np.ndarray, config: ClusterConfig = ClusterConf
         ValueError: unknown method (the message lists the valid ones).
     """
     if config.method not in CLUSTER_METHODS:
-        raise ValueError(f"unknown cluster method {config.method!r}. Available: {', '.join(CLUSTER_METHODS)}")
+        raise CurationInputError(f"unknown cluster method {config.method!r}. Available: {', '.join(CLUSTER_METHODS)}")
     matrix = normalize_rows(embeddings)
     count = len(matrix)
     if count == 0:

@@ -49,6 +49,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import curation  # noqa: F401  (sets FiftyOne's environment before it is imported)
 from curation.datasets import now_iso
 from curation.decisions import apply_relabel, record_decision
+from curation.errors import CurationError, CurationInputError
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ LABEL_STUDIO_TO_NAME = "image"
 MODEL_VERSION = "curation"
 
 
-class AnnotationFileError(ValueError):
+class AnnotationFileError(CurationError, ValueError):
     """An annotation file cannot be read at all; the message names the file and what is wrong."""
 
 
@@ -137,20 +138,20 @@ class _TaskItem:
 
 def _validate_format(format: str) -> None:
     if format not in EXPORT_FORMATS:
-        raise ValueError(f"unknown annotation format {format!r}. Available: {', '.join(EXPORT_FORMATS)}")
+        raise CurationInputError(f"unknown annotation format {format!r}. Available: {', '.join(EXPORT_FORMATS)}")
 
 
 def _validate_label_field(dataset, label_field: str) -> None:
     import fiftyone as fo
 
     if not dataset.has_sample_field(label_field):
-        raise ValueError(f"dataset {dataset.name!r} has no field {label_field!r}; "
+        raise CurationInputError(f"dataset {dataset.name!r} has no field {label_field!r}; "
                          f"expected a field of fo.Classification")
     field_ = dataset.get_field(label_field)
     document_type = getattr(field_, "document_type", None)
     if document_type is not fo.Classification:
         found = document_type.__name__ if document_type is not None else type(field_).__name__
-        raise ValueError(f"field {label_field!r} of dataset {dataset.name!r}: expected fo.Classification, got {found}")
+        raise CurationInputError(f"field {label_field!r} of dataset {dataset.name!r}: expected fo.Classification, got {found}")
 
 
 def _select_samples(dataset, sample_ids: list[str] | None) -> list[str]:
@@ -159,20 +160,20 @@ def _select_samples(dataset, sample_ids: list[str] | None) -> list[str]:
 
         ids = dataset.match(F("decision") == "annotate").values("id") if dataset.has_sample_field("decision") else []
         if not ids:
-            raise ValueError(f"dataset {dataset.name!r}: no sample is marked for annotation "
+            raise CurationInputError(f"dataset {dataset.name!r}: no sample is marked for annotation "
                              f"(decision == 'annotate'); pass sample_ids or mark samples first")
         return ids
     from bson import ObjectId
 
     ids = list(dict.fromkeys(str(sample_id) for sample_id in sample_ids))  # keep order, drop repeats
     if not ids:
-        raise ValueError("sample_ids: expected at least one sample id, got an empty list")
+        raise CurationInputError("sample_ids: expected at least one sample id, got an empty list")
     valid = [sample_id for sample_id in ids if ObjectId.is_valid(sample_id)]
     known = set(dataset.select(valid).values("id")) if valid else set()
     unknown = [sample_id for sample_id in ids if sample_id not in known]
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "")
-        raise ValueError(f"dataset {dataset.name!r} has no samples with id {shown}")
+        raise CurationInputError(f"dataset {dataset.name!r} has no samples with id {shown}")
     return ids
 
 
@@ -197,7 +198,7 @@ def _task_items(dataset, ids: list[str], label_field: str) -> list[_TaskItem]:
         raise FileNotFoundError(f"cannot export for annotation: image file(s) missing: {'; '.join(missing[:5])}"
                                 + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
     if unreadable:
-        raise ValueError(f"cannot export for annotation: expected readable images, could not read "
+        raise CurationInputError(f"cannot export for annotation: expected readable images, could not read "
                          f"{'; '.join(unreadable[:5])}" + (f" (and {len(unreadable) - 5} more)" if len(unreadable) > 5 else ""))
     return items
 
@@ -209,10 +210,10 @@ def _task_classes(dataset, label_field: str, items: list[_TaskItem], classes: li
         return sorted(every | used)
     chosen = [str(name).strip() for name in classes]
     if any(not name for name in chosen):
-        raise ValueError("classes: expected non-empty class names, got an empty one")
+        raise CurationInputError("classes: expected non-empty class names, got an empty one")
     not_listed = sorted(used - set(chosen))
     if not_listed:
-        raise ValueError(f"classes: the exported samples carry label(s) {', '.join(not_listed)} that are not in "
+        raise CurationInputError(f"classes: the exported samples carry label(s) {', '.join(not_listed)} that are not in "
                          f"the given class list; add them, or leave classes=None to offer every class of the dataset")
     return sorted(set(chosen))
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from curation.errors import CurationInputError
+
 
 def mislabel_queue(dataset, label_field: str) -> pd.DataFrame:
     """Samples with a mislabel score, highest first.
@@ -102,7 +104,7 @@ def review_queue(dataset, label_field: str | None, queue_filter: QueueFilter = Q
     """
     unknown = [name for name in queue_filter.finders if name not in QUEUE_FINDERS]
     if unknown:
-        raise ValueError(f"review queue: unknown finder {unknown[0]!r}. Available: {', '.join(QUEUE_FINDERS)}")
+        raise CurationInputError(f"review queue: unknown finder {unknown[0]!r}. Available: {', '.join(QUEUE_FINDERS)}")
     present = {name: spec for name, spec in QUEUE_FINDERS.items() if dataset.has_sample_field(spec[0])}
     if queue_filter.finders:
         present = {name: spec for name, spec in present.items() if name in queue_filter.finders}

@@ -23,6 +23,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from curation.errors import CurationInputError
+
 DEFAULT_RATIOS: tuple[tuple[str, float], ...] = (("train", 0.8), ("val", 0.1), ("test", 0.1))
 DEFAULT_SPLIT_NAMES = tuple(name for name, _ in DEFAULT_RATIOS)
 BALANCE_MODES = ("none", "cap", "undersample", "weights")
@@ -47,31 +49,31 @@ def validate_ratios(ratios: Mapping[str, float] | Iterable[tuple[str, float]]) -
     """
     pairs = list(ratios.items()) if isinstance(ratios, Mapping) else list(ratios)
     if not pairs:
-        raise ValueError("ratios: expected at least one split with a positive share, got none")
+        raise CurationInputError("ratios: expected at least one split with a positive share, got none")
     cleaned: list[tuple[str, float]] = []
     for pair in pairs:
         try:
             name, share = pair
         except (TypeError, ValueError):
-            raise ValueError(f"ratios: expected (split name, share) pairs, got {pair!r}") from None
+            raise CurationInputError(f"ratios: expected (split name, share) pairs, got {pair!r}") from None
         if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"ratios: expected non-empty split names, got {name!r}")
+            raise CurationInputError(f"ratios: expected non-empty split names, got {name!r}")
         try:
             share = float(share)
         except (TypeError, ValueError):
-            raise ValueError(f"ratios: expected a number for split {name!r}, got {share!r}") from None
+            raise CurationInputError(f"ratios: expected a number for split {name!r}, got {share!r}") from None
         if not math.isfinite(share) or share <= 0:
-            raise ValueError(f"ratios: expected a positive share for every split, got {name}={share:g} "
+            raise CurationInputError(f"ratios: expected a positive share for every split, got {name}={share:g} "
                              f"in {_format_ratios(pairs)}")
         cleaned.append((name.strip(), share))
     names = [name for name, _ in cleaned]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise ValueError(f"ratios: expected each split once, got {', '.join(repeated)} more than once "
+        raise CurationInputError(f"ratios: expected each split once, got {', '.join(repeated)} more than once "
                          f"in {_format_ratios(pairs)}")
     total = sum(share for _, share in cleaned)
     if abs(total - 1.0) > RATIO_SUM_TOLERANCE:
-        raise ValueError(f"ratios: expected shares that sum to 1, got {_format_ratios(cleaned)} (sum {total:.6g})")
+        raise CurationInputError(f"ratios: expected shares that sum to 1, got {_format_ratios(cleaned)} (sum {total:.6g})")
     return tuple(cleaned)
 
 
@@ -93,16 +95,16 @@ def parse_ratios(text: str) -> tuple[tuple[str, float], ...]:
     """
     parts = [part.strip() for part in str(text).replace(";", ",").split(",") if part.strip()]
     if not parts:
-        raise ValueError(f"ratios: expected text like '0.8,0.1,0.1' or 'train=0.7,test=0.3', got {text!r}")
+        raise CurationInputError(f"ratios: expected text like '0.8,0.1,0.1' or 'train=0.7,test=0.3', got {text!r}")
     named = ["=" in part for part in parts]
     if any(named) and not all(named):
-        raise ValueError(f"ratios: expected either all shares named (train=0.8,...) or none named, got {text!r}")
+        raise CurationInputError(f"ratios: expected either all shares named (train=0.8,...) or none named, got {text!r}")
 
     def number(value: str, part: str) -> float:
         try:
             return float(value)
         except ValueError:
-            raise ValueError(f"ratios: expected a number in {part!r} of {text!r}") from None
+            raise CurationInputError(f"ratios: expected a number in {part!r} of {text!r}") from None
 
     if all(named):
         pairs = []
@@ -111,7 +113,7 @@ def parse_ratios(text: str) -> tuple[tuple[str, float], ...]:
             pairs.append((name.strip(), number(value.strip(), part)))
         return validate_ratios(pairs)
     if len(parts) > len(DEFAULT_SPLIT_NAMES):
-        raise ValueError(f"ratios: expected at most {len(DEFAULT_SPLIT_NAMES)} bare shares (train,val,test), "
+        raise CurationInputError(f"ratios: expected at most {len(DEFAULT_SPLIT_NAMES)} bare shares (train,val,test), "
                          f"got {len(parts)} in {text!r}; name the splits (name=share) for more")
     names = ("train", "test") if len(parts) == 2 else DEFAULT_SPLIT_NAMES[:len(parts)]
     return validate_ratios([(name, number(part, part)) for name, part in zip(names, parts)])
@@ -155,12 +157,12 @@ class SplitConfig:
         splits = (self.balance_splits,) if isinstance(self.balance_splits, str) else self.balance_splits
         object.__setattr__(self, "balance_splits", tuple(splits))
         if self.balance not in BALANCE_MODES:
-            raise ValueError(f"balance: unknown mode {self.balance!r}. Available: {', '.join(BALANCE_MODES)}")
+            raise CurationInputError(f"balance: unknown mode {self.balance!r}. Available: {', '.join(BALANCE_MODES)}")
         _check_balance_settings(self.balance, self.cap, self.target, self.balance_splits, self.split_names)
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
-            raise ValueError(f"seed: expected an integer, got {self.seed!r}")
+            raise CurationInputError(f"seed: expected an integer, got {self.seed!r}")
         if self.group_field is not None and (not isinstance(self.group_field, str) or not self.group_field.strip()):
-            raise ValueError(f"group_field: expected a sample field name or None, got {self.group_field!r}")
+            raise CurationInputError(f"group_field: expected a sample field name or None, got {self.group_field!r}")
 
     @property
     def split_names(self) -> tuple[str, ...]:
@@ -192,19 +194,19 @@ class SplitConfig:
 
 def _check_balance_settings(mode: str, cap, target, balance_splits, split_names) -> None:
     if mode not in BALANCE_MODES:
-        raise ValueError(f"balance: unknown mode {mode!r}. Available: {', '.join(BALANCE_MODES)}")
+        raise CurationInputError(f"balance: unknown mode {mode!r}. Available: {', '.join(BALANCE_MODES)}")
     if mode == "cap" and not _positive_int(cap):
-        raise ValueError(f"cap: balance 'cap' needs a positive whole number of samples per class, got {cap!r}")
+        raise CurationInputError(f"cap: balance 'cap' needs a positive whole number of samples per class, got {cap!r}")
     if cap is not None and not _positive_int(cap):
-        raise ValueError(f"cap: expected a positive whole number of samples per class or None, got {cap!r}")
+        raise CurationInputError(f"cap: expected a positive whole number of samples per class or None, got {cap!r}")
     if target is not None and not _positive_int(target):
-        raise ValueError(f"target: expected a positive whole number of samples per class or None, got {target!r}")
+        raise CurationInputError(f"target: expected a positive whole number of samples per class or None, got {target!r}")
     if mode != "none" and not balance_splits:
-        raise ValueError(f"balance_splits: balance {mode!r} needs at least one split to balance, got none")
+        raise CurationInputError(f"balance_splits: balance {mode!r} needs at least one split to balance, got none")
     # With balance "none" the default ("train",) must not get in the way of other split names.
     unknown = [name for name in balance_splits if name not in split_names] if mode != "none" else []
     if unknown:
-        raise ValueError(f"balance_splits: unknown split {', '.join(map(repr, unknown))}. "
+        raise CurationInputError(f"balance_splits: unknown split {', '.join(map(repr, unknown))}. "
                          f"Available: {', '.join(split_names)}")
 
 
@@ -221,7 +223,7 @@ def _group_codes(values, count: int, name: str, *, negative_is_missing: bool) ->
     and, for the finders' group ids, negative numbers)."""
     array = values if isinstance(values, np.ndarray) else np.asarray(list(values), dtype=object)
     if array.shape != (count,):
-        raise ValueError(f"{name}: expected one value per sample, shape ({count},), got shape {array.shape}")
+        raise CurationInputError(f"{name}: expected one value per sample, shape ({count},), got shape {array.shape}")
     if array.dtype.kind in "iuf":
         missing = ~np.isfinite(array) if array.dtype.kind == "f" else np.zeros(count, dtype=bool)
         if negative_is_missing:
@@ -289,14 +291,14 @@ def build_groups(ids, *, near_duplicate_group=None, leak_partner_index=None, gro
     if leak_partner_index is not None:
         partners = np.asarray(leak_partner_index)
         if partners.shape != (count,):
-            raise ValueError(f"leak_partner_index: expected one row index per sample, shape ({count},), "
+            raise CurationInputError(f"leak_partner_index: expected one row index per sample, shape ({count},), "
                              f"got shape {partners.shape}")
         if partners.size and partners.dtype.kind not in "iu":
-            raise ValueError(f"leak_partner_index: expected integer row indices (-1 for none), "
+            raise CurationInputError(f"leak_partner_index: expected integer row indices (-1 for none), "
                              f"got dtype {partners.dtype}")
         partners = partners.astype(np.int64)
         if partners.size and (partners.min() < -1 or partners.max() >= count):
-            raise ValueError(f"leak_partner_index: expected row indices in [-1, {count}), "
+            raise CurationInputError(f"leak_partner_index: expected row indices in [-1, {count}), "
                              f"got values from {partners.min()} to {partners.max()}")
         paired = np.flatnonzero(partners >= 0)
         rows.append(paired)
@@ -364,11 +366,11 @@ def assign_splits(labels, groups, ratios: dict[str, float], seed: int) -> np.nda
     labels = np.asarray(labels, dtype=object)
     groups = np.asarray(groups)
     if labels.ndim != 1:
-        raise ValueError(f"labels: expected a 1-D array of class names, got shape {labels.shape}")
+        raise CurationInputError(f"labels: expected a 1-D array of class names, got shape {labels.shape}")
     if groups.shape != labels.shape:
-        raise ValueError(f"groups: expected one group id per sample, shape {labels.shape}, got shape {groups.shape}")
+        raise CurationInputError(f"groups: expected one group id per sample, shape {labels.shape}, got shape {groups.shape}")
     if groups.size and groups.dtype.kind not in "iu":
-        raise ValueError(f"groups: expected integer group ids, got dtype {groups.dtype}")
+        raise CurationInputError(f"groups: expected integer group ids, got dtype {groups.dtype}")
     count = len(labels)
     if count == 0:
         return np.empty(0, dtype=object)
@@ -527,12 +529,12 @@ def balance_assignment(split, labels, *, mode: str = "none", cap: int | None = N
     _check_balance_settings(mode, cap, target, balance_splits, balance_splits)
     count = len(split)
     if labels.shape != split.shape:
-        raise ValueError(f"labels: expected one label per sample, shape {split.shape}, got shape {labels.shape}")
+        raise CurationInputError(f"labels: expected one label per sample, shape {split.shape}, got shape {labels.shape}")
     if prefer_drop is None:
         prefer_drop = np.zeros(count, dtype=bool)
     prefer_drop = np.asarray(prefer_drop, dtype=bool)
     if prefer_drop.shape != split.shape:
-        raise ValueError(f"prefer_drop: expected one bool per sample, shape {split.shape}, "
+        raise CurationInputError(f"prefer_drop: expected one bool per sample, shape {split.shape}, "
                          f"got shape {prefer_drop.shape}")
     reasons = np.full(count, None, dtype=object)
     labelled = ~pd.isna(pd.Series(labels, dtype=object)).to_numpy()
@@ -640,7 +642,7 @@ def _available_fields(dataset) -> str:
 
 def _require_field(dataset, name: str, what: str) -> None:
     if not dataset.has_sample_field(name):
-        raise ValueError(f"{what}: field {name!r} does not exist on dataset {dataset.name!r}. "
+        raise CurationInputError(f"{what}: field {name!r} does not exist on dataset {dataset.name!r}. "
                          f"Available fields: {_available_fields(dataset)}")
 
 
@@ -664,7 +666,7 @@ def make_splits(dataset, label_field: str | None, config: SplitConfig = SplitCon
             lists the dataset's fields), or the group field holds lists or dicts.
     """
     if not isinstance(config, SplitConfig):
-        raise ValueError(f"config: expected a SplitConfig, got {type(config).__name__}")
+        raise CurationInputError(f"config: expected a SplitConfig, got {type(config).__name__}")
     if label_field is not None:
         _require_field(dataset, label_field, "label_field")
     if config.group_field is not None:
@@ -692,7 +694,7 @@ def make_splits(dataset, label_field: str | None, config: SplitConfig = SplitCon
         user_groups = np.array(dataset.values(config.group_field), dtype=object)[kept]
         unhashable = [value for value in user_groups if isinstance(value, (list, dict, set))]
         if unhashable:
-            raise ValueError(f"group_field {config.group_field!r}: expected one group value per sample (an id), "
+            raise CurationInputError(f"group_field {config.group_field!r}: expected one group value per sample (an id), "
                              f"got {type(unhashable[0]).__name__} values such as {unhashable[0]!r}")
 
     groups = build_groups(kept, near_duplicate_group=near, leak_partner_index=leak_partner, group_values=user_groups)
@@ -769,15 +771,15 @@ def write_splits(dataset, result: SplitResult, field: str = DEFAULT_SPLIT_FIELD,
     from curation.datasets import curation_info, now_iso, update_curation_info
 
     if not isinstance(field, str) or not field.strip():
-        raise ValueError(f"field: expected a sample field name, got {field!r}")
+        raise CurationInputError(f"field: expected a sample field name, got {field!r}")
     schema = dataset.get_field_schema()
     if field in schema and not isinstance(schema[field], fo.StringField):
-        raise ValueError(f"field: {field!r} already exists on dataset {dataset.name!r} as a "
+        raise CurationInputError(f"field: {field!r} already exists on dataset {dataset.name!r} as a "
                          f"{type(schema[field]).__name__}; expected a string field or a new name")
     dataset_ids = [str(sample_id) for sample_id in dataset.values("id")]
     unknown = set(result.ids) - set(dataset_ids)
     if unknown:
-        raise ValueError(f"result: {len(unknown)} of its {len(result.ids)} ids are not in dataset {dataset.name!r} "
+        raise CurationInputError(f"result: {len(unknown)} of its {len(result.ids)} ids are not in dataset {dataset.name!r} "
                          f"(was it made on another dataset?), e.g. {sorted(unknown)[0]!r}")
     if field not in schema:
         dataset.add_sample_field(field, fo.StringField)

@@ -5,7 +5,7 @@ import streamlit as st
 
 from curation import datasets as ds
 from curation.embeddings import compute_embeddings
-from curation.importers import FORMATS, ImportError_, import_dataset
+from curation.importers import FORMATS, DatasetImportError, import_dataset
 from curation.models import DEFAULT_MODEL, MODEL_REGISTRY, ModelUnavailableError, resolve_model
 from pages.common import bump_data_version
 
@@ -30,7 +30,7 @@ if submitted:
             with st.spinner(f"Importing {source}…"):
                 report = import_dataset(source.strip(), name.strip(), format=data_format,
                                         label_field=label_field.strip() or ds.DEFAULT_LABEL_FIELD, overwrite=overwrite)
-        except ImportError_ as error:
+        except DatasetImportError as error:
             st.error(str(error))
         else:
             st.success(f"Imported {report.samples:,} samples as **{report.name}** ({report.format}).")

@@ -13,7 +13,7 @@ import bad_images
 from curation.datasets import curation_info, load_dataset
 from curation.importers import (
     FORMATS,
-    ImportError_,
+    DatasetImportError,
     detect_format,
     ensure_demo_dataset,
     import_dataset,
@@ -187,7 +187,7 @@ def test_yolov5_keeps_images_that_have_no_boxes(fo, detection_source, tmp_path, 
 
 def test_yolov5_yaml_without_splits_is_a_clear_error(tmp_path, fresh_name):
     (tmp_path / "dataset.yaml").write_text("names: [cat, dog]\nnc: 2\n")
-    with pytest.raises(ImportError_, match=r"dataset\.yaml.*'train', 'val' or 'test'.*names"):
+    with pytest.raises(DatasetImportError, match=r"dataset\.yaml.*'train', 'val' or 'test'.*names"):
         import_dataset(tmp_path, fresh_name)
 
 
@@ -286,7 +286,7 @@ def test_csv_missing_column_names_the_file_the_column_and_the_columns_present(tm
     table = tmp_path / "list.csv"
     table.write_text("path,category\nimages/0.png,cat\n")
     present = {"csv_filepath_column": "path", "csv_label_column": "category"}  # the other column exists
-    with pytest.raises(ImportError_) as caught:
+    with pytest.raises(DatasetImportError) as caught:
         import_dataset(table, fresh_name, **{**present, option: column})
     message = str(caught.value)
     assert str(table) in message and repr(column) in message
@@ -307,7 +307,7 @@ def test_csv_missing_files_are_kept_and_named_in_a_warning(tmp_path, csv_images,
 def test_unreadable_csv_is_an_import_error(tmp_path, fresh_name):
     table = tmp_path / "empty.csv"
     table.write_text("")
-    with pytest.raises(ImportError_, match="cannot read as CSV"):
+    with pytest.raises(DatasetImportError, match="cannot read as CSV"):
         import_dataset(table, fresh_name)
 
 
@@ -336,7 +336,7 @@ def test_detect_format_classes_and_images(small_class_tree, tmp_path):
     ids=["missing", "not-a-csv", "empty"],
 )
 def test_detect_format_errors(tmp_path, make, message):
-    with pytest.raises(ImportError_, match=message):
+    with pytest.raises(DatasetImportError, match=message):
         detect_format(make(tmp_path))
 
 
@@ -345,7 +345,7 @@ def test_detect_format_errors(tmp_path, make, message):
 
 def test_existing_name_without_overwrite_is_a_clear_error(small_class_tree, fresh_name):
     import_dataset(small_class_tree, fresh_name)
-    with pytest.raises(ImportError_, match=rf"{fresh_name!r} already exists.*--overwrite"):
+    with pytest.raises(DatasetImportError, match=rf"{fresh_name!r} already exists.*--overwrite"):
         import_dataset(small_class_tree, fresh_name)
 
 
@@ -363,14 +363,14 @@ def test_failed_overwrite_keeps_the_old_dataset_and_leaves_no_staging_copy(fo, s
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "labels.json").write_text("{ not json")
-    with pytest.raises(ImportError_, match="could not import as 'coco'"):
+    with pytest.raises(DatasetImportError, match="could not import as 'coco'"):
         import_dataset(broken, fresh_name, overwrite=True)
     assert len(load_dataset(fresh_name)) == 60
     assert not [name for name in fo.list_datasets() if name.startswith(f"{fresh_name}.importing")]
 
 
 def test_unknown_format_lists_the_valid_ones(small_class_tree, fresh_name):
-    with pytest.raises(ImportError_) as caught:
+    with pytest.raises(DatasetImportError) as caught:
         import_dataset(small_class_tree, fresh_name, format="pascal")
     assert "'pascal'" in str(caught.value)
     for name in FORMATS:
@@ -378,7 +378,7 @@ def test_unknown_format_lists_the_valid_ones(small_class_tree, fresh_name):
 
 
 def test_missing_source_with_an_explicit_format(tmp_path, fresh_name):
-    with pytest.raises(ImportError_, match="no such file or directory"):
+    with pytest.raises(DatasetImportError, match="no such file or directory"):
         import_dataset(tmp_path / "nope", fresh_name, format="classes")
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
+from curation.errors import CurationError
+
 FINDER_REGISTRY: dict[str, str] = {
     "duplicates": "curation.finders.duplicates:find_duplicates",
     "leakage": "curation.finders.duplicates:find_leaks",
@@ -19,7 +21,7 @@ FINDER_REGISTRY: dict[str, str] = {
 }
 
 
-class UnknownFinderError(ValueError):
+class UnknownFinderError(CurationError, ValueError):
     pass
 
 

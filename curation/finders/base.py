@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from curation.errors import CurationError
 
-class FinderInputError(ValueError):
+
+class FinderInputError(CurationError, ValueError):
     """The finder cannot run on this input; the message says what was expected and what arrived."""
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 from PIL import Image, ImageEnhance
 
 from curation.images import ImageLoadError, load_rgb
+from curation.errors import CurationInputError
 
 TRANSFORMS = ("flip", "crop", "jpeg", "brightness")
 
@@ -109,7 +110,7 @@ def calibrate_threshold(filepaths: list[str], embeddings: np.ndarray, neighbor_s
         negatives.append(float(neighbor_similarities[row, 0]))
         used += 1
     if used == 0:
-        raise ValueError("calibration: none of the sampled images could be decoded and embedded")
+        raise CurationInputError("calibration: none of the sampled images could be decoded and embedded")
     all_positives = np.concatenate([np.array(v) for v in positives.values()])
     curve = precision_recall_curve(all_positives, np.array(negatives))
     best = choose_threshold(curve, target_precision)
