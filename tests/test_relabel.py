@@ -346,7 +346,7 @@ def test_labelstudio_items_that_are_not_tasks_are_reported(dataset, tmp_path):
             {"type": "choices", "from_name": "label", "to_name": "image", "value": {"choices": ["bag"]}}]}]},
     ]))
     result = import_annotations(dataset, path, label_field=LABEL_FIELD)
-    assert result.problems == [f"{path}: item 0: expected a task object, got a JSON str",
+    assert result.problems == [f"{path}: item 0: expected a task object, got a JSON string",
                                f"{path}: task 8: expected one class, got 2: bag, coat",
                                f"{path}: task 9: unknown sample id 'not-an-id' (not in this dataset)"]
     assert result.changed == [] and result.confirmed == []
