@@ -8,18 +8,26 @@ labelling tools read, with a provenance manifest that explains every change.
   folder tree, COCO, YOLO, CVAT for images, and a CSV or parquet manifest. FiftyOne's own
   exporters write everything they can; COCO for whole-image classes is ours (FiftyOne's
   COCO exporter takes only detections, polylines and keypoints).
-- Atomic: everything is written into a hidden sibling directory, and moved into place
-  only when complete; an existing export is never silently replaced.
-- Source images are only read (copied into the export), never modified.
+- Safe: class and split names come from data (a CSV, an annotation tool, a user field),
+  so they become folder names through :func:`folder_names`, never as they are; the real
+  names stay in the labels files and the manifest records the name -> folder mapping.
+  Every path written is checked to lie inside the export.
+- Atomic: everything is written into a hidden sibling directory
+  (:func:`curation.files.atomic_directory`), and moved into place only when complete; an
+  existing export is never silently replaced, and leftovers of an export that was killed
+  are removed (and reported) by the next one.
+- Read-only: source images are only read (copied into the export), and the dataset is
+  never written (image sizes come from the image headers, not ``compute_metadata()``).
+  Images that are missing or unreadable are left out, counted and named.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import numbers
 import os
 import shutil
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -30,6 +38,7 @@ import pandas as pd
 import curation
 from curation.datasets import curation_info, now_iso
 from curation.errors import CurationError, CurationInputError
+from curation.files import SafeNames, atomic_directory, clean_stale_partials, ensure_inside, safe_component
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +52,9 @@ EXPORT_FORMATS = {
     "parquet": "parquet manifest; embeddings as a list column optional",
 }
 MANIFEST_NAME = "provenance.json"
-PARTIAL_MARKER = ".partial-"
+MEDIA_FORMATS = ("fiftyone", "folders", "yolo", "coco", "cvat")  # formats that copy the images
+UNLABELLED_REASON = "unlabelled (a folder tree has no place for them)"
+UNREADABLE_REASON = "image missing or unreadable"
 
 
 class ExportError(CurationError, RuntimeError):
@@ -78,28 +89,81 @@ class ViewSpec:
 
 @dataclass
 class ExportReport:
+    """What :func:`export_dataset` wrote.
+
+    Attributes:
+        samples: samples exported (the view less ``left_out``).
+        per_split: exported samples per split (``"all"`` without splits).
+        left_out: reason -> count of samples the view selected but the export could not hold.
+        left_out_samples: ``{"id", "filepath", "reason", "detail"}`` per left-out sample.
+        files: files in the export, the manifest included.
+        folder_names: ``{"splits": {name: folder}, "classes": {name: folder}}`` for the
+            names that became folder names (see :func:`folder_names`).
+        removed_leftovers: hidden leftovers of earlier, interrupted exports to the same
+            place that this export removed.
+    """
+
     out_dir: Path
     format: str
     samples: int
     per_split: dict[str, int]
     left_out: dict[str, int] = field(default_factory=dict)  # reason -> count
     files: int = 0
+    left_out_samples: list[dict] = field(default_factory=list)
+    folder_names: dict[str, dict[str, str]] = field(default_factory=dict)
+    removed_leftovers: list[Path] = field(default_factory=list)
+
+    def leave_out(self, reason: str, ids, filepaths, details=None) -> None:
+        """Record samples the export leaves out, and why."""
+        ids, filepaths = list(ids), list(filepaths)
+        details = list(details) if details is not None else [None] * len(ids)
+        self.left_out[reason] = self.left_out.get(reason, 0) + len(ids)
+        self.left_out_samples += [{"id": sample_id, "filepath": path, "reason": reason, "detail": detail}
+                                  for sample_id, path, detail in zip(ids, filepaths, details)]
+
+    def left_out_lines(self, examples: int = 5) -> list[str]:
+        """One line per reason: ``"3: image missing or unreadable: /a.png (no such file), ..."``."""
+        lines = []
+        for reason, count in self.left_out.items():
+            samples = [s for s in self.left_out_samples if s["reason"] == reason]
+            named = [f"{s['filepath']} ({s['detail']})" if s["detail"] else str(s["filepath"])
+                     for s in samples[:examples]]
+            more = f" and {len(samples) - examples} more (see {MANIFEST_NAME})" if len(samples) > examples else ""
+            lines.append(f"{count}: {reason}" + (f": {', '.join(named)}{more}" if named else ""))
+        return lines
 
 
 def build_view(dataset, label_field: str | None, spec: ViewSpec = ViewSpec()):
     """The FiftyOne view that ``spec`` describes.
 
     Raises:
-        ValueError: a field named in the spec does not exist (the message lists what does).
+        ValueError: a field named in the spec does not exist (the message lists what does)
+            or holds the wrong kind of values (a score that is not a number, a split that
+            is not text), an id that is not a sample id, an unknown decision, or a split
+            name that the split field does not hold.
     """
+    import fiftyone as fo
+    from bson import ObjectId
     from fiftyone import ViewField as F
 
-    def require(name: str, what: str) -> None:
+    from curation.decisions import DECISIONS
+
+    def require(name: str, what: str, kinds: tuple[type, ...] = (), expected: str = "") -> None:
         if not dataset.has_sample_field(name):
             available = ", ".join(sorted(dataset.get_field_schema()))
             raise CurationInputError(f"export: {what} field {name!r} does not exist on dataset {dataset.name!r}. "
                              f"Available fields: {available}")
+        if kinds and not isinstance(dataset.get_field(name), kinds):
+            raise CurationInputError(f"export: {what} field {name!r} holds {_field_kind(dataset.get_field(name))} "
+                                     f"values; expected {expected}")
 
+    not_ids = [sample_id for sample_id in spec.ids if not ObjectId.is_valid(str(sample_id))]
+    if not_ids:
+        raise CurationInputError(f"export: ids: {len(not_ids)} of {len(spec.ids)} are not sample ids (24 hexadecimal "
+                                 f"characters), e.g. {not_ids[0]!r}")
+    unknown = [d for d in spec.decisions if d not in (*DECISIONS, "none")]
+    if unknown:
+        raise CurationInputError(f"export: unknown decision {unknown[0]!r}. Available: {', '.join(DECISIONS)}, none")
     view = dataset.view()
     if spec.ids:
         view = view.select(list(spec.ids), ordered=True)
@@ -121,14 +185,27 @@ def build_view(dataset, label_field: str | None, spec: ViewSpec = ViewSpec()):
             raise CurationInputError("export: a class filter needs a label field, got none")
         view = view.match(F(f"{label_field}.label").is_in(list(spec.classes)))
     for name, limit in spec.max_scores:
-        require(name, "score")
+        require(name, "score", (fo.FloatField, fo.IntField), "a number per sample, such as mislabel_score")
+        if not isinstance(limit, numbers.Real) or isinstance(limit, bool) or not np.isfinite(limit):
+            raise CurationInputError(f"export: the cut-off for score field {name!r} must be a finite number, got {limit!r}")
         view = view.match((F(name) == None) | (F(name) < float(limit)))  # noqa: E711
     if spec.split_field:
-        require(spec.split_field, "split")
-        view = view.exists(spec.split_field)
+        require(spec.split_field, "split", (fo.StringField,), "text (a split name per sample), such as curation_split")
+        view = view.exists(spec.split_field).match(F(spec.split_field) != "")
         if spec.splits:
+            held = sorted(name for name in dataset.distinct(spec.split_field) if name)
+            missing = [name for name in spec.splits if name not in held]
+            if missing:
+                raise CurationInputError(f"export: splits: no split {missing[0]!r} in field {spec.split_field!r} "
+                                         f"(it holds: {', '.join(held) or 'none'})")
             view = view.match(F(spec.split_field).is_in(list(spec.splits)))
     return view
+
+
+def _field_kind(field) -> str:
+    """``"StringField"``, or ``"Detections"`` for an embedded label field."""
+    document_type = getattr(field, "document_type", None)
+    return document_type.__name__ if document_type is not None else type(field).__name__
 
 
 def _label_kind(dataset, label_field: str | None) -> str | None:
@@ -143,8 +220,8 @@ def _label_kind(dataset, label_field: str | None) -> str | None:
         return "classification"
     if document_type is not None and issubclass(document_type, fo.Detections):
         return "detections"
-    name = getattr(document_type, "__name__", type(dataset.get_field(label_field)).__name__)
-    raise CurationInputError(f"export: label field {label_field!r} holds {name}; expected a Classification or Detections field")
+    raise CurationInputError(f"export: label field {label_field!r} holds {_field_kind(dataset.get_field(label_field))}; "
+                             "expected a Classification or Detections field")
 
 
 def _split_views(view, split_field: str | None) -> dict[str, object]:
@@ -157,65 +234,107 @@ def _split_views(view, split_field: str | None) -> dict[str, object]:
     return {name: view.match(F(split_field) == name) for name in names}
 
 
-def _export_fiftyone(view, target: Path, label_field, kind, split_field, report: ExportReport) -> None:
+def folder_names(names, *, reserved: tuple[str, ...] = ()) -> dict[str, str]:
+    """``{name: folder}``: distinct names from data (classes, splits) -> distinct safe folder names.
+
+    Names that are already safe keep their own folder (``"a_b"`` stays ``"a_b"`` even beside
+    ``"a/b"``, which becomes ``"a_b-2"``); ``reserved`` names (a file beside the folders) are
+    never handed out. See :class:`curation.files.SafeNames`.
+    """
+    names = sorted({str(name) for name in names})
+    safe = SafeNames(reserved=reserved)
+    ordered = sorted(names, key=lambda name: (safe_component(name) != name, name))
+    folders = {name: safe(name) for name in ordered}
+    return {name: folders[name] for name in names}
+
+
+@dataclass
+class _Plan:
+    """What a writer needs: where to write and which samples go where."""
+
+    target: Path  # the staging directory; every path written must stay inside it
+    label_field: str | None
+    kind: str | None  # "classification", "detections" or None
+    splits: dict[str, object]  # split name ("" without splits) -> view
+    split_folders: dict[str, str]  # split name -> folder name
+    sizes: dict[str, tuple[int, int]]  # sample id -> upright (width, height), read from the image headers
+    report: ExportReport
+
+    def split_dir(self, split: str) -> Path:
+        directory = self.target / self.split_folders[split] if split else self.target
+        return ensure_inside(self.target, directory)
+
+
+def _export_fiftyone(plan: _Plan, view) -> None:
     import fiftyone as fo
 
-    view.export(export_dir=str(target), dataset_type=fo.types.FiftyOneDataset, export_media=True, progress=False)
+    view.export(export_dir=str(plan.target), dataset_type=fo.types.FiftyOneDataset, export_media=True, progress=False)
 
 
-def _export_folders(view, target: Path, label_field, kind, split_field, report: ExportReport) -> None:
-    import fiftyone as fo
+def _export_folders(plan: _Plan, view) -> None:
+    """``<split>/<class>/<image>`` with safe folder names (our own writer: FiftyOne's
+    ImageClassificationDirectoryTree exporter uses each label as a path as it is)."""
     from fiftyone import ViewField as F
 
-    if kind != "classification":
-        raise ExportError("a folder tree needs a Classification label field")
-    for split, split_view in _split_views(view, split_field).items():
-        labelled = split_view.match(F(f"{label_field}.label") != None)  # noqa: E711
-        unlabelled = len(split_view) - len(labelled)
-        if unlabelled:
-            reason = "unlabelled (a folder tree has no place for them)"
-            report.left_out[reason] = report.left_out.get(reason, 0) + unlabelled
-        if len(labelled):
-            labelled.export(export_dir=str(target / split), dataset_type=fo.types.ImageClassificationDirectoryTree,
-                            label_field=label_field, export_media=True, progress=False)
+    if plan.kind != "classification":
+        raise ExportError("export: a folder tree needs a Classification label field")
+    label_path = f"{plan.label_field}.label"
+    labelled_view = view.match(F(label_path) != None)  # noqa: E711
+    # Without splits the class folders sit beside provenance.json.
+    class_folders = folder_names(labelled_view.distinct(label_path),
+                                 reserved=() if any(plan.splits) else (MANIFEST_NAME,))
+    plan.report.folder_names["classes"] = class_folders
+    for split, split_view in plan.splits.items():
+        unlabelled = split_view.match(F(label_path) == None)  # noqa: E711
+        if len(unlabelled):
+            plan.report.leave_out(UNLABELLED_REASON, *unlabelled.values(["id", "filepath"]))
+        directory = plan.split_dir(split)
+        used: dict[str, set[str]] = {}
+        for path, label in zip(*split_view.match(F(label_path) != None).values(["filepath", label_path])):  # noqa: E711
+            folder = class_folders[label]
+            name = _unique_name(safe_component(Path(path).name), used.setdefault(folder, set()))
+            destination = ensure_inside(plan.target, directory / folder / name)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, destination)
 
 
-def _export_yolo(view, target: Path, label_field, kind, split_field, report: ExportReport) -> None:
+def _export_yolo(plan: _Plan, view) -> None:
     import fiftyone as fo
 
-    if kind == "classification":
+    if plan.kind == "classification":
         # Ultralytics' classification layout is the folder tree with train/val/test at the top.
-        return _export_folders(view, target, label_field, kind, split_field or None, report)
-    for split, split_view in _split_views(view, split_field).items():
-        split_view.export(export_dir=str(target), dataset_type=fo.types.YOLOv5Dataset, label_field=label_field,
-                          split=split or "train", export_media=True, progress=False)
+        return _export_folders(plan, view)
+    # Every split must share one class list (dataset.yaml), or FiftyOne refuses the second split.
+    classes = sorted(name for name in view.distinct(f"{plan.label_field}.detections.label") if name is not None)
+    for split, split_view in plan.splits.items():
+        folder = plan.split_folders[split] if split else "train"
+        ensure_inside(plan.target, plan.target / "images" / folder)
+        split_view.export(export_dir=str(plan.target), dataset_type=fo.types.YOLOv5Dataset,
+                          label_field=plan.label_field, split=folder, classes=classes, export_media=True,
+                          progress=False)
 
 
-def _image_sizes(view) -> tuple[list[int], list[int]]:
-    view.compute_metadata()  # reads image headers; the images themselves are untouched
-    return view.values("metadata.width"), view.values("metadata.height")
-
-
-def _export_coco(view, target: Path, label_field, kind, split_field, report: ExportReport) -> None:
+def _export_coco(plan: _Plan, view) -> None:
     import fiftyone as fo
 
-    if kind == "detections":
-        for split, split_view in _split_views(view, split_field).items():
-            split_view.export(export_dir=str(target / split), dataset_type=fo.types.COCODetectionDataset,
+    label_field = plan.label_field
+    if plan.kind == "detections":
+        for split, split_view in plan.splits.items():
+            split_view.export(export_dir=str(plan.split_dir(split)), dataset_type=fo.types.COCODetectionDataset,
                               label_field=label_field, export_media=True, progress=False)
         return
     classes = sorted(c for c in view.distinct(f"{label_field}.label") if c) if label_field else []
     category_id = {name: index + 1 for index, name in enumerate(classes)}
-    for split, split_view in _split_views(view, split_field).items():
-        directory = target / split
+    for split, split_view in plan.splits.items():
+        directory = plan.split_dir(split)
         (directory / "data").mkdir(parents=True, exist_ok=True)
-        paths = split_view.values("filepath")
+        ids, paths = split_view.values(["id", "filepath"])
         labels = split_view.values(f"{label_field}.label") if label_field else [None] * len(paths)
-        widths, heights = _image_sizes(split_view)
         images, annotations, used = [], [], set()
-        for image_id, (path, label, width, height) in enumerate(zip(paths, labels, widths, heights), start=1):
-            name = _unique_name(Path(path).name, used)
-            shutil.copy2(path, directory / "data" / name)
+        for image_id, (sample_id, path, label) in enumerate(zip(ids, paths, labels), start=1):
+            width, height = plan.sizes[sample_id]
+            name = _unique_name(safe_component(Path(path).name), used)
+            shutil.copy2(path, ensure_inside(plan.target, directory / "data" / name))
             images.append({"id": image_id, "file_name": name, "width": width, "height": height})
             if label:
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category_id[label],
@@ -227,22 +346,42 @@ def _export_coco(view, target: Path, label_field, kind, split_field, report: Exp
 
 
 def _unique_name(name: str, used: set[str]) -> str:
+    """``name``, or ``stem-2.ext``, ... if taken; compared case-insensitively (macOS, Windows)."""
     stem, suffix = os.path.splitext(name)
     candidate, count = name, 1
-    while candidate in used:
+    while candidate.lower() in used:
         count += 1
         candidate = f"{stem}-{count}{suffix}"
-    used.add(candidate)
+    used.add(candidate.lower())
     return candidate
 
 
-def _export_cvat(view, target: Path, label_field, kind, split_field, report: ExportReport) -> None:
+def _export_cvat(plan: _Plan, view) -> None:
     import fiftyone as fo
 
-    for split, split_view in _split_views(view, split_field).items():
-        split_view.compute_metadata()
-        split_view.export(export_dir=str(target / split), dataset_type=fo.types.CVATImageDataset,
-                           label_field=label_field, export_media=True, progress=False)
+    # FiftyOne's CVAT exporter reads each image's size itself when the sample has no
+    # metadata; computing it on the samples would write to the dataset being exported.
+    for split, split_view in plan.splits.items():
+        split_view.export(export_dir=str(plan.split_dir(split)), dataset_type=fo.types.CVATImageDataset,
+                          label_field=plan.label_field, export_media=True, progress=False)
+
+
+def _check_images(view) -> tuple[dict[str, tuple[int, int]], list[tuple[str, str, str]]]:
+    """Upright ``(width, height)`` of every readable image by sample id (from the header
+    alone; the dataset is not written), and ``(id, filepath, why)`` for the others."""
+    from curation.images import image_info
+
+    sizes, problems = {}, []
+    for sample_id, path in zip(*view.values(["id", "filepath"])):
+        if not path or not os.path.isfile(path):
+            problems.append((sample_id, path, "no such file"))
+            continue
+        size = image_info(path)
+        if size is None:
+            problems.append((sample_id, path, "not a readable image"))
+        else:
+            sizes[sample_id] = size
+    return sizes, problems
 
 
 def _manifest_table(view, label_field: str | None, split_field: str | None) -> pd.DataFrame:
@@ -263,14 +402,7 @@ def _manifest_table(view, label_field: str | None, split_field: str | None) -> p
 def _export_manifest(view, target: Path, label_field, split_field, as_format: str, embeddings_field: str | None) -> None:
     target.mkdir(parents=True, exist_ok=True)
     table = _manifest_table(view, label_field, split_field)
-    vectors = None
-    if embeddings_field:
-        if not view.has_sample_field(embeddings_field):
-            raise CurationInputError(f"export: embeddings field {embeddings_field!r} does not exist")
-        raw = view.values(embeddings_field)
-        width = next((len(v) for v in raw if v is not None), 0)
-        vectors = np.array([np.asarray(v, dtype=np.float32) if v is not None else np.full(width, np.nan, np.float32)
-                            for v in raw], dtype=np.float32).reshape(len(raw), width)
+    vectors = _embedding_matrix(view, embeddings_field) if embeddings_field else None
     if as_format == "csv":
         table.to_csv(target / "manifest.csv", index=False)
         if vectors is not None:
@@ -279,6 +411,37 @@ def _export_manifest(view, target: Path, label_field, split_field, as_format: st
         if vectors is not None:
             table["embedding"] = list(vectors)
         table.to_parquet(target / "manifest.parquet", index=False)
+
+
+def _embedding_matrix(view, name: str) -> np.ndarray:
+    """(N, D) float32, row i = sample i of ``view``; NaN rows where a sample has no vector.
+
+    Raises:
+        ValueError: the field does not exist or does not hold equally long vectors of numbers.
+    """
+    import fiftyone as fo
+
+    if not view.has_sample_field(name):
+        raise CurationInputError(f"export: embeddings field {name!r} does not exist")
+    if not isinstance(view.get_field(name), (fo.VectorField, fo.ArrayField, fo.ListField)):
+        raise CurationInputError(f"export: embeddings field {name!r} holds {_field_kind(view.get_field(name))} values; "
+                                 "expected a vector per sample, such as the field `curation embed` writes")
+    raw = view.values(name)
+    try:
+        rows = [None if v is None else np.asarray(v, dtype=np.float32) for v in raw]
+    except (TypeError, ValueError) as error:
+        raise CurationInputError(f"export: embeddings field {name!r} holds values that are not vectors of numbers "
+                                 f"({error})") from None
+    shapes = sorted({row.shape for row in rows if row is not None})
+    if len(shapes) > 1 or (shapes and len(shapes[0]) != 1):
+        raise CurationInputError(f"export: embeddings field {name!r} holds vectors of different shapes "
+                                 f"({', '.join(map(str, shapes[:3]))}); expected one length for every sample")
+    width = shapes[0][0] if shapes else 0
+    matrix = np.full((len(rows), width), np.nan, dtype=np.float32)
+    for index, row in enumerate(rows):
+        if row is not None:
+            matrix[index] = row
+    return matrix
 
 
 _WRITERS: dict[str, Callable] = {"fiftyone": _export_fiftyone, "folders": _export_folders, "yolo": _export_yolo,
@@ -322,6 +485,8 @@ def provenance(dataset, view, *, label_field: str | None, spec: ViewSpec, export
         "samples": len(view),
         "per_split": report.per_split if report else None,
         "left_out": report.left_out if report else None,
+        "left_out_samples": report.left_out_samples if report else None,
+        "folder_names": report.folder_names if report else None,
         "class_counts": counts,
         "embedding": {"field": used_field, **embedding_runs.get(used_field, {})} if used_field else None,
         "finders": {"updated_at": analysis.get("updated_at"), "settings": analysis.get("settings", {}),
@@ -339,8 +504,14 @@ def export_dataset(dataset, out_dir, *, format: str, label_field: str | None, sp
                    embeddings_field: str | None = None, overwrite: bool = False) -> ExportReport:
     """Write the view ``spec`` describes to ``out_dir`` in ``format``, with ``provenance.json``.
 
+    Nothing is written outside ``out_dir`` and nothing to ``dataset``. Samples the format
+    cannot hold (an image that is missing or unreadable, an unlabelled sample in a folder
+    tree) are left out and listed in the report and the manifest. Hidden leftovers of an
+    earlier export to ``out_dir`` that was killed are removed (``report.removed_leftovers``).
+
     Raises:
-        ValueError: unknown format (lists the valid ones), missing fields, an empty view.
+        ValueError: unknown format (lists the valid ones), missing fields, an empty view, or
+            a view whose images are all missing or unreadable (the message names them).
         FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
         ExportError: the format cannot hold the labels (e.g. a folder tree without classes).
     """
@@ -356,43 +527,42 @@ def export_dataset(dataset, out_dir, *, format: str, label_field: str | None, sp
     view = build_view(dataset, label_field, spec)
     if not len(view):
         raise CurationInputError(f"export: the view selects no samples of dataset {dataset.name!r} (filters: {spec.to_dict()})")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_dir.with_name(f".{out_dir.name}{PARTIAL_MARKER}{uuid.uuid4().hex[:8]}")
-    report = ExportReport(out_dir=out_dir, format=format, samples=len(view),
-                          per_split={name or "all": len(v) for name, v in _split_views(view, spec.split_field).items()})
-    try:
+    report = ExportReport(out_dir=out_dir, format=format, samples=len(view), per_split={})
+    sizes: dict[str, tuple[int, int]] = {}
+    if format in MEDIA_FORMATS:
+        sizes, problems = _check_images(view)
+        if len(problems) == len(view):
+            named = ", ".join(f"{path} ({why})" for _, path, why in problems[:5])
+            raise CurationInputError(f"export: none of the {len(problems)} selected images can be read: {named}"
+                                     + (f" and {len(problems) - 5} more" if len(problems) > 5 else ""))
+        if problems:
+            ids, paths, details = zip(*problems)
+            report.leave_out(UNREADABLE_REASON, ids, paths, details)
+            view = view.exclude(list(ids))
+            logger.info("export: leaving out %d missing or unreadable image(s)", len(problems))
+    splits = _split_views(view, spec.split_field)
+    split_folders = folder_names([name for name in splits if name], reserved=(MANIFEST_NAME,))
+    if spec.split_field and format in MEDIA_FORMATS and format != "fiftyone":
+        report.folder_names["splits"] = split_folders
+    plan = _Plan(target=out_dir, label_field=label_field, kind=kind, splits=splits, split_folders=split_folders,
+                 sizes=sizes, report=report)
+
+    report.removed_leftovers = clean_stale_partials(out_dir, log=False)
+    if report.removed_leftovers:
+        logger.info("export: removed %d leftover(s) of an interrupted export: %s", len(report.removed_leftovers),
+                    ", ".join(str(path) for path in report.removed_leftovers))
+    with atomic_directory(out_dir, overwrite=overwrite) as staging:
+        plan.target = staging
         if format in ("csv", "parquet"):
-            _export_manifest(view, partial, label_field, spec.split_field, format, embeddings_field)
+            _export_manifest(view, staging, label_field, spec.split_field, format, embeddings_field)
         else:
-            _WRITERS[format](view, partial, label_field, kind, spec.split_field, report)
-        partial.mkdir(parents=True, exist_ok=True)
-        exported = report.samples - sum(report.left_out.values())
-        report.samples = exported
-        manifest = provenance(dataset, view, label_field=label_field, spec=spec, export_format=format, report=report,
-                              embeddings_field=embeddings_field)
-        (partial / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str))
-        report.files = sum(1 for p in partial.rglob("*") if p.is_file())
-        _move_into_place(partial, out_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+            _WRITERS[format](plan, view)
+        left_out_ids = [item["id"] for item in report.left_out_samples]
+        exported = view.exclude(left_out_ids) if left_out_ids else view
+        report.samples = len(exported)
+        report.per_split = {name or "all": len(v) for name, v in _split_views(exported, spec.split_field).items()}
+        manifest = provenance(dataset, exported, label_field=label_field, spec=spec, export_format=format,
+                              report=report, embeddings_field=embeddings_field)
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str))
+        report.files = sum(1 for path in staging.rglob("*") if path.is_file())
     return report
-
-
-def _move_into_place(partial: Path, out_dir: Path, overwrite: bool) -> None:
-    if not out_dir.exists():
-        try:
-            os.rename(partial, out_dir)  # fails if something appeared at out_dir meanwhile
-            return
-        except OSError:
-            if not out_dir.exists():
-                raise
-    if not overwrite:
-        raise FileExistsError(f"export: {out_dir} appeared while exporting; the new export was not moved there")
-    retired = out_dir.with_name(f".{out_dir.name}.replaced-{uuid.uuid4().hex[:8]}")
-    os.rename(out_dir, retired)
-    os.rename(partial, out_dir)
-    try:
-        shutil.rmtree(retired)
-    except OSError as error:
-        logger.warning("the replaced export was moved to %s but could not be deleted: %s", retired, error)

@@ -23,7 +23,7 @@ import unicodedata
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from curation.errors import CurationError, CurationInputError
 
@@ -53,11 +53,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_partials(target: Path | str) -> list[Path]:
+def clean_stale_partials(target: Path | str, *, log: bool = True) -> list[Path]:
     """Remove leftovers of interrupted writes of ``target`` whose writing process is gone.
 
     Leftovers of a live process (another export running right now) are kept. Names without
-    a process id (written by older versions) count as stale. Returns what was removed.
+    a process id (written by older versions) count as stale. Returns what was removed;
+    ``log=False`` leaves the warning about them to a caller that reports them itself.
     """
     target = Path(target)
     parent = target.parent
@@ -80,7 +81,7 @@ def clean_stale_partials(target: Path | str) -> list[Path]:
             logger.warning("could not remove the leftover %s of an interrupted write: %s", entry, error)
             continue
         removed.append(entry)
-    if removed:
+    if removed and log:
         logger.warning("removed %d leftover(s) of an interrupted write of %s: %s", len(removed), target,
                        ", ".join(p.name for p in removed))
     return removed
@@ -208,11 +209,12 @@ class SafeNames:
     """Distinct names -> distinct safe folder names (``a/b`` and ``a_b`` -> ``a_b``, ``a_b-2``).
 
     ``mapping`` keeps every name that changed, for the labels file and the manifest.
+    ``reserved`` names are never handed out (e.g. a file the writer puts beside the folders).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, reserved: Iterable[str] = ()) -> None:
         self._by_name: dict[str, str] = {}
-        self._used: set[str] = set()
+        self._used: set[str] = {name.lower() for name in reserved}
 
     def __call__(self, name: object) -> str:
         key = str(name)

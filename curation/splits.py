@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from curation.errors import CurationInputError
+from curation.files import safe_component
 
 DEFAULT_RATIOS: tuple[tuple[str, float], ...] = (("train", 0.8), ("val", 0.1), ("test", 0.1))
 DEFAULT_SPLIT_NAMES = tuple(name for name, _ in DEFAULT_RATIOS)
@@ -43,9 +44,14 @@ _TIE = 1e-9  # changes in squared deficit closer than this count as a tie
 def validate_ratios(ratios: Mapping[str, float] | Iterable[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
     """Check split ratios and return them as ``((name, share), ...)`` in the given order.
 
+    Split names become folder names in exports, so a name must already be a safe folder
+    name (:func:`curation.files.safe_component` leaves it unchanged): no path separators,
+    no leading dot, none of ``: * ? " < > |``.
+
     Raises:
-        ValueError: no splits, an empty or repeated name, a share that is not a positive
-            finite number, or shares that do not sum to 1 (within 1e-6).
+        ValueError: no splits, an empty or repeated name, a name that is not a safe folder
+            name, a share that is not a positive finite number, or shares that do not sum
+            to 1 (within 1e-6).
     """
     pairs = list(ratios.items()) if isinstance(ratios, Mapping) else list(ratios)
     if not pairs:
@@ -58,6 +64,10 @@ def validate_ratios(ratios: Mapping[str, float] | Iterable[tuple[str, float]]) -
             raise CurationInputError(f"ratios: expected (split name, share) pairs, got {pair!r}") from None
         if not isinstance(name, str) or not name.strip():
             raise CurationInputError(f"ratios: expected non-empty split names, got {name!r}")
+        if safe_component(name.strip()) != name.strip():
+            raise CurationInputError(f"ratios: split {name.strip()!r} cannot be a folder name, and exports lay splits "
+                                     "out as folders; expected a name without path separators, a leading dot or any "
+                                     f'of : * ? " < > |, such as {safe_component(name.strip())!r}')
         try:
             share = float(share)
         except (TypeError, ValueError):
@@ -161,6 +171,8 @@ class SplitConfig:
         _check_balance_settings(self.balance, self.cap, self.target, self.balance_splits, self.split_names)
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
             raise CurationInputError(f"seed: expected an integer, got {self.seed!r}")
+        if self.seed < 0:  # numpy's generators take no negative seed
+            raise CurationInputError(f"seed: expected a non-negative integer, got {self.seed!r}")
         if self.group_field is not None and (not isinstance(self.group_field, str) or not self.group_field.strip()):
             raise CurationInputError(f"group_field: expected a sample field name or None, got {self.group_field!r}")
 
@@ -211,7 +223,8 @@ def _check_balance_settings(mode: str, cap, target, balance_splits, split_names)
 
 
 def _positive_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+    # At most int64: the counts are numpy arrays.
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 < value <= np.iinfo(np.int64).max
 
 
 # --------------------------------------------------------------------------------------
@@ -646,6 +659,76 @@ def _require_field(dataset, name: str, what: str) -> None:
                          f"Available fields: {_available_fields(dataset)}")
 
 
+def _field_kind(field) -> str:
+    """``"StringField"``, or ``"Detections field"`` for an embedded label field."""
+    document_type = getattr(field, "document_type", None)
+    return f"{document_type.__name__} field" if document_type is not None else type(field).__name__
+
+
+def _require_classification_field(dataset, name: str) -> None:
+    import fiftyone as fo
+
+    _require_field(dataset, name, "label_field")
+    field = dataset.get_field(name)
+    document_type = getattr(field, "document_type", None)
+    if document_type is None or not issubclass(document_type, fo.Classification):
+        raise CurationInputError(f"label_field {name!r}: expected a Classification field (one class per sample), "
+                                 f"got a {_field_kind(field)} on dataset {dataset.name!r}")
+
+
+def _require_group_field(dataset, name: str) -> None:
+    import fiftyone as fo
+
+    _require_field(dataset, name, "group_field")
+    field = dataset.get_field(name)
+    scalar = (fo.StringField, fo.IntField, fo.FloatField, fo.BooleanField, fo.ObjectIdField, fo.DateField,
+              fo.DateTimeField)
+    if not isinstance(field, scalar):
+        raise CurationInputError(f"group_field {name!r}: expected a field with one group id per sample (text or a "
+                                 f"number, such as a patient id), got a {_field_kind(field)}")
+
+
+def check_split_field(dataset, field: str) -> None:
+    """Refuse to write a split to ``field`` where that would destroy other data.
+
+    Allowed: a new field, a field an earlier :func:`write_splits` wrote (recorded in
+    ``dataset.info["curation"]["splits"]``), or an existing string field in which no sample
+    has a value yet.
+
+    Raises:
+        ValueError: ``field`` is empty or not a top-level name (``a.b``, ``_private``), is a
+            built-in field (``filepath``, ``tags``, ...), is a field of another type, or
+            holds values that ``split`` did not write.
+    """
+    import fiftyone as fo
+    from fiftyone.core.sample import get_default_sample_fields
+
+    from curation.datasets import curation_info
+
+    if not isinstance(field, str) or not field.strip():
+        raise CurationInputError(f"field: expected a sample field name, got {field!r}")
+    if "." in field or field.startswith(("_", "$")) or field != field.strip():
+        raise CurationInputError(f"field: cannot write a split to field {field!r}: expected a top-level field name "
+                                 "without '.', surrounding spaces or a leading '_' or '$', such as curation_split")
+    if field in get_default_sample_fields(include_private=True):
+        raise CurationInputError(f"field: cannot write a split to field {field!r}: it is a built-in field of every "
+                                 f"sample; choose a new name such as {DEFAULT_SPLIT_FIELD}")
+    schema = dataset.get_field_schema()
+    if field not in schema:
+        return
+    if not isinstance(schema[field], fo.StringField):
+        raise CurationInputError(f"field: {field!r} already exists on dataset {dataset.name!r} as a "
+                                 f"{type(schema[field]).__name__}; expected a string field or a new name")
+    if field in curation_info(dataset).get("splits", {}):
+        return
+    holding = dataset.count(field)
+    if holding:
+        other = DEFAULT_SPLIT_FIELD if field != DEFAULT_SPLIT_FIELD else f"{DEFAULT_SPLIT_FIELD}_2"
+        raise CurationInputError(f"field: {field!r} already holds other data on dataset {dataset.name!r} ({holding} "
+                                 "samples have a value) and was not written by split, so writing the split there "
+                                 f"would overwrite it; choose a new name such as {other}")
+
+
 def make_splits(dataset, label_field: str | None, config: SplitConfig = SplitConfig()) -> SplitResult:
     """Stratified, leakage-free splits of a FiftyOne dataset (nothing is written; see
     :func:`write_splits`).
@@ -663,14 +746,15 @@ def make_splits(dataset, label_field: str | None, config: SplitConfig = SplitCon
 
     Raises:
         ValueError: ``label_field`` or ``config.group_field`` does not exist (the message
-            lists the dataset's fields), or the group field holds lists or dicts.
+            lists the dataset's fields), the label field is not a Classification field, or
+            the group field is not a scalar field (lists, dicts, labels).
     """
     if not isinstance(config, SplitConfig):
         raise CurationInputError(f"config: expected a SplitConfig, got {type(config).__name__}")
     if label_field is not None:
-        _require_field(dataset, label_field, "label_field")
+        _require_classification_field(dataset, label_field)
     if config.group_field is not None:
-        _require_field(dataset, config.group_field, "group_field")
+        _require_group_field(dataset, config.group_field)
     ids = [str(sample_id) for sample_id in dataset.values("id")]
     count = len(ids)
     filepaths = np.array(dataset.values("filepath"), dtype=object)
@@ -763,19 +847,15 @@ def write_splits(dataset, result: SplitResult, field: str = DEFAULT_SPLIT_FIELD,
         How many samples got a split.
 
     Raises:
-        ValueError: ``field`` is empty or an existing field that is not a string field, or
+        ValueError: ``field`` would destroy other data (see :func:`check_split_field`), or
             ``result`` has ids that are not in the dataset (made on another dataset).
     """
     import fiftyone as fo
 
     from curation.datasets import curation_info, now_iso, update_curation_info
 
-    if not isinstance(field, str) or not field.strip():
-        raise CurationInputError(f"field: expected a sample field name, got {field!r}")
+    check_split_field(dataset, field)
     schema = dataset.get_field_schema()
-    if field in schema and not isinstance(schema[field], fo.StringField):
-        raise CurationInputError(f"field: {field!r} already exists on dataset {dataset.name!r} as a "
-                         f"{type(schema[field]).__name__}; expected a string field or a new name")
     dataset_ids = [str(sample_id) for sample_id in dataset.values("id")]
     unknown = set(result.ids) - set(dataset_ids)
     if unknown:
