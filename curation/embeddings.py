@@ -2,16 +2,19 @@
 
 Embeddings live in a FiftyOne sample field per model (``embeddings_<model>``), so FiftyOne
 Brain can use them too (``embeddings="embeddings_clip_vit_b32_openai"``). A run embeds only
-samples that have neither an embedding nor a recorded failure, and writes every chunk as
-it finishes: rerunning is free, new samples cost only themselves, and an interrupted run
-resumes where it stopped. Files that cannot be decoded get a reason in
-``embeddings_<model>_error`` and never stop the run.
+samples that have neither an embedding nor a recorded failure, and writes what it computed
+every few seconds (``WRITE_SECONDS``) or every ``WRITE_EVERY`` samples, whichever comes
+first: rerunning is free, new samples cost only themselves, and a run that is killed (even
+with ``kill -9``, where no handler runs) loses seconds of work at most and resumes where it
+stopped. Files that cannot be decoded, or are larger than ``MAX_EMBED_PIXELS``, get a reason
+in ``embeddings_<model>_error`` and never stop the run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -25,7 +28,13 @@ from curation.errors import CurationInputError, MissingFieldError
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
-WRITE_EVERY = 512  # samples per database write: the most an interruption can lose
+WRITE_EVERY = 512  # samples per database write at most
+# Seconds between database writes at most: what a killed run can lose. A write of a few
+# hundred vectors takes milliseconds, so frequent writes cost nothing noticeable.
+WRITE_SECONDS = 5.0
+# Images with more pixels are not embedded (reason stored): decoding one, even shrunk,
+# first needs its stored pixels in memory (~160 MB for 40 Mpx RGB), in every decode worker.
+MAX_EMBED_PIXELS = 40_000_000
 
 
 @dataclass
@@ -54,7 +63,7 @@ class _ImageFiles:
 
     def __getitem__(self, index: int):
         try:
-            image = load_rgb(self.filepaths[index], max_side=512)
+            image = load_rgb(self.filepaths[index], max_side=512, max_pixels=MAX_EMBED_PIXELS)
             return index, self.preprocess(image), None
         except ImageLoadError as error:
             return index, None, str(error)
@@ -173,8 +182,10 @@ def compute_embeddings(
     vectors: dict[str, np.ndarray] = {}
     errors: dict[str, str] = {}
     done = 0
+    last_write = time.monotonic()
 
     def flush() -> None:
+        nonlocal last_write
         if vectors:
             root.set_values(field_name, dict(vectors), key_field="id")
             if retry_failed and root.has_sample_field(error_field):
@@ -184,6 +195,7 @@ def compute_embeddings(
         if errors:
             root.set_values(error_field, dict(errors), key_field="id")
             errors.clear()
+        last_write = time.monotonic()
 
     try:
         for indices, batch, bad in loader:
@@ -196,7 +208,7 @@ def compute_embeddings(
                     vectors[ids[index]] = vector
                 run.embedded += len(indices)
             done += len(indices) + len(bad)
-            if len(vectors) + len(errors) >= WRITE_EVERY:
+            if len(vectors) + len(errors) >= WRITE_EVERY or time.monotonic() - last_write >= WRITE_SECONDS:
                 flush()
             if progress:
                 progress(done, len(ids))
