@@ -94,6 +94,21 @@ def near_duplicate_groups(indices: np.ndarray, similarities: np.ndarray, thresho
     return groups
 
 
+def merge_exact_groups(near: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """Exact copies are near duplicates too: fold each exact group into one near group.
+
+    An exact group joins the near group of its first member that has one, else it becomes a
+    new group numbered after the near groups. Returns a new array; the inputs are unchanged.
+    """
+    near = np.array(near, dtype=np.int64, copy=True)
+    offset = near.max() + 1 if len(near) else 0
+    for group in np.unique(exact[exact >= 0]):
+        members = np.flatnonzero(exact == group)
+        existing = near[members][near[members] >= 0]
+        near[members] = existing[0] if existing.size else offset + group
+    return near
+
+
 def suggest_keepers(groups: np.ndarray, filepaths: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
     """True for the sample to keep in each group: labelled first, then most pixels, then largest file."""
     keep = np.zeros(len(groups), dtype=bool)
@@ -130,12 +145,7 @@ def find_duplicates(context: FinderContext, config: DuplicateConfig = DuplicateC
     if pixel_digests is None:
         pixel_digests = context.extras.get("pixel_digests")
     exact = exact_duplicate_groups(pixel_digests) if pixel_digests is not None else np.full(count, -1)
-    # Exact copies are near duplicates too: fold each exact group into one near group.
-    offset = near.max() + 1 if count else 0
-    for group in np.unique(exact[exact >= 0]):
-        members = np.flatnonzero(exact == group)
-        existing = near[members][near[members] >= 0]
-        near[members] = existing[0] if existing.size else offset + group
+    near = merge_exact_groups(near, exact)
     keep = suggest_keepers(near, context.filepaths, context.labels)
     if count and context.neighbor_indices.shape[1]:
         nearest = context.neighbor_indices[:, 0]
