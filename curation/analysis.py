@@ -4,23 +4,66 @@
 graph), runs each requested finder, and stores the per-sample results as sample fields, so
 they can be filtered in the FiftyOne App and exported with ``findings_table``. One
 finder failing is reported and the others still run.
+
+A run is committed in one step
+------------------------------
+MongoDB, as FiftyOne runs it (a standalone server), has no transaction across documents,
+so an ``analyze`` killed in its write phase (``kill -9``, a crash, a lost connection) used
+to leave new scores beside old flags and the info of the old run. Now:
+
+1. Every sample receives all of this run's fields in one update, which MongoDB applies
+   atomically per document, together with a stamp ``analysis_run.<owner> = <run id>`` for
+   each owner whose fields it carries (a finder, or ``cluster``; :data:`FIELDS_BY_OWNER`
+   gives every field exactly one owner).
+2. After the last sample, one write of the dataset document commits the run:
+   ``info["curation"]["analysis"]["runs"]`` maps each owner to the run id of its results,
+   beside the summaries and settings of that same run.
+3. Readers count an owner's fields on a sample only when the sample's stamp equals the
+   committed run id (:func:`current_values`, :func:`current_condition`; used by
+   :func:`findings_table`, the queues and status in :mod:`curation.review` and
+   :func:`curation.decisions.accept_suggestions`). The committed ids are read from the
+   database on each call (:func:`committed_runs`), so a process holding an older copy of
+   the dataset (the app, while ``curation analyze`` runs in a terminal) sees the commit.
+
+Killed before the commit, the samples already rewritten carry a run that was never
+committed and read as not analysed until the next ``analyze``; the others keep the old run,
+which is what the info still describes. After the commit everything is the new run. A
+finder that was requested but failed or was skipped loses its earlier results in the same
+way (fields cleared, no committed run), so nothing stale outlives the run that replaced it.
+Results written before run ids existed (no ``runs`` record) are read as stored; the first
+run-id commit records those owners as :data:`UNSTAMPED`, so they stay readable.
+
+Why stamps rather than staging fields: writing ``<field>__staging`` and renaming it into
+place is one collection-wide update per field, so a kill between two renames mixes runs
+just as before; it would need the stamps anyway. It is also slower: for 5,000 samples and
+15 fields, copy and swap took 7.2 s, the old per-field ``set_values`` 4.8 s, and one update
+per sample with every field and the stamp 0.3 s (private mongod, 2 CPU cores).
+
+Test hook: ``CURATION_TEST_ANALYSIS_WRITE_PAUSE=SECONDS`` sleeps after each batch of
+:data:`WRITE_BATCH_SIZE` samples in the write phase, so tests can kill ``analyze`` in the
+middle of it (``tests/test_hostile_analysis.py``). Never set it otherwise.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
+import time
+import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from curation.datasets import curation_info, default_label_field, now_iso, update_curation_info
+from curation.datasets import curation_info, default_label_field, label_fields, now_iso, update_curation_info
 from curation.embeddings import default_embedding_field, load_embeddings
+from curation.errors import CurationError, CurationInputError, MissingFieldError
 from curation.finders import FINDER_REGISTRY, UnknownFinderError, get_finder
 from curation.finders.base import FinderContext, FinderInputError, FinderResult
 from curation.projection import ClusterConfig, compute_clusters, normalize_rows
-from curation.errors import CurationError
 
 logger = logging.getLogger(__name__)
 
@@ -37,28 +80,134 @@ FINDINGS_COLUMNS = [
 # Sample fields written by analyze (the findings columns that are not already sample data).
 FINDING_FIELDS = FINDINGS_COLUMNS[4:]
 
+# Who writes which sample field, and the field's type. Every field has exactly one owner, so
+# a run of one finder never overwrites another's results (``uncertainty_score`` is the
+# label-next finder's: defined for unlabelled samples too).
+FIELDS_BY_OWNER = {
+    "mislabels": {"mislabel_score": "float", "suggested_label": "str", "suggested_confidence": "float",
+                  "mislabel_reason": "str", "mislabel_disagreeing_ids": "list", "mislabel_flag": "bool"},
+    "duplicates": {"near_duplicate_group": "int", "nearest_neighbor_filepath": "str", "nearest_neighbor_similarity": "float",
+                   "duplicate_flag": "bool", "duplicate_keeper": "bool"},
+    "leakage": {"leak_filepath": "str", "leak_similarity": "float", "leak_flag": "bool"},
+    "outliers": {"outlier_score": "float", "outlier_flag": "bool"},
+    "label_next": {"uncertainty_score": "float", "label_next_rank": "int", "label_next_flag": "bool"},
+    "cluster": {"cluster": "int"},
+}
+OWNER_OF_FIELD = {name: owner for owner, fields in FIELDS_BY_OWNER.items() for name in fields}
+# Per finder, the boolean sample field that says "this finder flags the sample" (its ``is_issue``).
+FLAG_FIELDS = {"mislabels": "mislabel_flag", "duplicates": "duplicate_flag", "leakage": "leak_flag",
+               "outliers": "outlier_flag", "label_next": "label_next_flag"}
+# Per sample: {owner: id of the run that wrote the owner's fields on this sample}.
+RUN_FIELD = "analysis_run"
+# A committed "run" for results stored before run ids existed: read samples without a stamp.
+UNSTAMPED = "unstamped"
+WRITE_BATCH_SIZE = 256
+WRITE_PAUSE_VARIABLE = "CURATION_TEST_ANALYSIS_WRITE_PAUSE"
+
 
 class AnalysisError(CurationError, RuntimeError):
     pass
 
 
-def split_values(dataset, ids: list[str], split_field: str | None = None) -> np.ndarray | None:
-    """Split name per sample from ``split_field`` or from train/val/test tags; None if neither exists."""
-    view = dataset.select(ids, ordered=True)
+def split_source(dataset, split_field: str | None = None) -> tuple[str, str | None] | None:
+    """Where the split of each sample comes from, by this rule (the first that applies):
+
+    1. ``split_field``, when given (it must exist);
+    2. the field the most recent ``curation split`` wrote (recorded in
+       ``dataset.info["curation"]["splits"]``; fields deleted since are passed over);
+    3. a ``split`` field with at least one value;
+    4. train/val/test tags (and their synonyms, see :data:`SPLIT_NAMES`).
+
+    The leakage finder, the findings table and its CSV all follow it.
+
+    Returns:
+        ``("field", name)``, ``("tags", None)``, or None when nothing holds a split.
+
+    Raises:
+        FinderInputError: ``split_field`` does not exist.
+    """
     if split_field:
         if not dataset.has_sample_field(split_field):
             raise FinderInputError(f"split field {split_field!r} does not exist on dataset {dataset.name!r}")
-        values = view.values(split_field)
-        return np.array([None if v is None else str(v) for v in values], dtype=object)
-    if dataset.has_sample_field("split"):
-        values = view.values("split")
-        if any(v is not None for v in values):
-            return np.array([None if v is None else SPLIT_NAMES.get(str(v).lower(), str(v)) for v in values], dtype=object)
-    splits = []
-    for tags in view.values("tags"):
-        found = [SPLIT_NAMES[t.lower()] for t in tags or [] if t.lower() in SPLIT_NAMES]
-        splits.append(found[0] if found else None)
-    return np.array(splits, dtype=object) if any(s is not None for s in splits) else None
+        return "field", split_field
+    records = curation_info(dataset).get("splits", {})
+    written = [(record.get("written_at") or "", position, name) for position, (name, record) in enumerate(records.items())
+               if isinstance(record, dict) and dataset.has_sample_field(name)]
+    if written:
+        return "field", max(written)[2]
+    if dataset.has_sample_field("split") and dataset.exists("split").count():
+        return "field", "split"
+    if any(tag.lower() in SPLIT_NAMES for tag in dataset.count_sample_tags()):
+        return "tags", None
+    return None
+
+
+def describe_split_source(source: tuple[str, str | None] | None) -> str:
+    """``("field", "curation_split")`` -> ``"field 'curation_split'"``, for info and messages."""
+    if source is None:
+        return "none"
+    return f"field {source[1]!r}" if source[0] == "field" else "train/val/test tags"
+
+
+def _read_splits(dataset, ids: list[str], source: tuple[str, str | None] | None,
+                 normalize_field: bool) -> np.ndarray | None:
+    if source is None:
+        return None
+    view = dataset.select(ids, ordered=True)
+    kind, name = source
+    if kind == "field":
+        values = [None if v is None else str(v) for v in view.values(name)]
+        if normalize_field:
+            values = [None if v is None else SPLIT_NAMES.get(v.lower(), v) for v in values]
+    else:
+        values = []
+        for tags in view.values("tags"):
+            found = [SPLIT_NAMES[t.lower()] for t in tags or [] if t.lower() in SPLIT_NAMES]
+            values.append(found[0] if found else None)
+    return np.array(values, dtype=object) if any(v is not None for v in values) else None
+
+
+def split_values(dataset, ids: list[str], split_field: str | None = None) -> np.ndarray | None:
+    """Split name per sample of ``ids`` by the rule of :func:`split_source`; None when none of
+    them has one.
+
+    Values of a named field and of the product's own split field are kept as written; values
+    of a ``split`` field and tags are mapped to train/val/test (``validation`` -> ``val``).
+    """
+    source = split_source(dataset, split_field)
+    return _read_splits(dataset, ids, source, normalize_field=source == ("field", "split") and not split_field)
+
+
+def embedding_fields(dataset) -> list[str]:
+    """Sample fields that can hold embeddings (vector and array fields)."""
+    import fiftyone as fo
+
+    return sorted(name for name, kind in dataset.get_field_schema().items()
+                  if isinstance(kind, (fo.VectorField, fo.ArrayField)))
+
+
+def check_embedding_field(dataset, field: str) -> None:
+    """Raise unless ``field`` exists on ``dataset`` and holds vectors.
+
+    Raises:
+        MissingFieldError: no such field (the message lists the embedding fields).
+        CurationInputError: the field holds something else (a string, a label...).
+    """
+    available = ", ".join(embedding_fields(dataset)) or "none"
+    if not dataset.has_sample_field(field):
+        raise MissingFieldError(f"dataset {dataset.name!r} has no embedding field {field!r}; embedding fields: {available}")
+    if field not in embedding_fields(dataset):
+        kind = type(dataset.get_field(field)).__name__
+        raise CurationInputError(f"{field!r} is not an embedding field of dataset {dataset.name!r} (it is a {kind}); "
+                                 f"embedding fields: {available}")
+
+
+def check_label_field(dataset, label_field: str) -> None:
+    """Raise :class:`CurationInputError` unless ``label_field`` holds one ``fo.Classification`` per sample."""
+    fields = label_fields(dataset)
+    if label_field not in fields:
+        raise CurationInputError(f"label field {label_field!r} is not a classification field of dataset {dataset.name!r}; "
+                                 f"classification fields: {', '.join(fields) or 'none'}")
 
 
 def build_context(dataset, *, field: str | None = None, label_field: str | None = None,
@@ -67,12 +216,19 @@ def build_context(dataset, *, field: str | None = None, label_field: str | None 
 
     Raises:
         AnalysisError: the dataset has no embeddings yet.
+        MissingFieldError, CurationInputError: ``field`` is not an embedding field, or
+            ``label_field`` not a classification field.
+        FinderInputError: ``split_field`` does not exist.
     """
     from curation.neighbors import cached_neighbors
 
     field = field or default_embedding_field(dataset)
     if not field:
         raise AnalysisError(f"dataset {dataset.name!r} has no embeddings; run `curation embed --dataset {dataset.name}` first")
+    check_embedding_field(dataset, field)
+    if label_field is not None:
+        check_label_field(dataset, label_field)
+    source = split_source(dataset, split_field)  # a missing split field fails before the neighbour graph
     ids, embeddings = load_embeddings(dataset, field)
     if not ids:
         raise AnalysisError(f"dataset {dataset.name!r} has no embedded samples in {field!r}")
@@ -84,11 +240,12 @@ def build_context(dataset, *, field: str | None = None, label_field: str | None 
     if label_field:
         labels = np.array(view.values(f"{label_field}.label"), dtype=object)
     model = curation_info(dataset).get("embeddings", {}).get(field, {}).get("model")
+    splits = _read_splits(dataset, ids, source, normalize_field=source == ("field", "split") and not split_field)
     return FinderContext(
         ids=np.array(ids, dtype=object), embeddings=embeddings, filepaths=np.array(view.values("filepath"), dtype=object),
         neighbor_indices=graph.indices, neighbor_similarities=graph.similarities, labels=labels,
-        splits=split_values(dataset, ids, split_field), model_name=model,
-        extras={"embedding_field": field, "label_field": label_field},
+        splits=splits, model_name=model,
+        extras={"embedding_field": field, "label_field": label_field, "split_source": describe_split_source(source)},
     )
 
 
@@ -97,22 +254,36 @@ class AnalysisReport:
     results: dict[str, FinderResult] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    run_id: str | None = None  # set once the results are committed to the dataset
+
+
+def check_finder_names(names: list[str] | None) -> list[str]:
+    """``names`` (default: every registered finder) after checking each is registered.
+
+    Raises:
+        UnknownFinderError: an unregistered name (the message lists the valid ones).
+    """
+    names = list(FINDER_REGISTRY) if names is None else list(names)
+    unknown = [name for name in names if name not in FINDER_REGISTRY]
+    if unknown:
+        raise UnknownFinderError(f"unknown finder {unknown[0]!r}. Available: {', '.join(FINDER_REGISTRY)}")
+    if not names:
+        raise UnknownFinderError(f"no finder named; choose from: {', '.join(FINDER_REGISTRY)}")
+    return names
 
 
 def run_finders(context: FinderContext, names: list[str] | None = None, *, configs: dict | None = None,
                 progress: Callable[[str, int, int], None] | None = None) -> AnalysisReport:
     """Run each finder; a failure is recorded in ``errors`` and the rest still run."""
-    names = list(names or FINDER_REGISTRY)
-    unknown = [name for name in names if name not in FINDER_REGISTRY]
-    if unknown:
-        raise UnknownFinderError(f"unknown finder {unknown[0]!r}. Available: {', '.join(FINDER_REGISTRY)}")
+    names = check_finder_names(names)
     configs = configs or {}
     report = AnalysisReport()
     for position, name in enumerate(names):
         if progress:
             progress(name, position, len(names))
         if name == "leakage" and context.splits is None:
-            report.skipped[name] = "no splits (a `split` field or train/val/test tags)"
+            report.skipped[name] = ("no splits: no split field named, none written by `curation split`, "
+                                    "no `split` field, no train/val/test tags")
             continue
         if name == "mislabels" and context.labels is None:
             report.skipped[name] = "no label field"
@@ -135,22 +306,6 @@ def _column(result: FinderResult | None, column: str, ids: np.ndarray):
         return [None] * len(ids)
     values = result.table[column].reindex(ids)
     return [None if (isinstance(v, float) and np.isnan(v)) else v for v in values.tolist()]
-
-
-# Which finder owns which sample field, and the field's type.
-_FIELDS_BY_FINDER = {
-    "mislabels": {"mislabel_score": "float", "suggested_label": "str", "uncertainty_score": "float",
-                  "suggested_confidence": "float", "mislabel_reason": "str", "mislabel_disagreeing_ids": "list",
-                  "mislabel_flag": "bool"},
-    "duplicates": {"near_duplicate_group": "int", "nearest_neighbor_filepath": "str", "nearest_neighbor_similarity": "float",
-                   "duplicate_flag": "bool", "duplicate_keeper": "bool"},
-    "leakage": {"leak_filepath": "str", "leak_similarity": "float", "leak_flag": "bool"},
-    "outliers": {"outlier_score": "float", "outlier_flag": "bool"},
-    "label_next": {"uncertainty_score": "float", "label_next_rank": "int", "label_next_flag": "bool"},
-}
-# Per finder, the boolean sample field that says "this finder flags the sample" (its ``is_issue``).
-FLAG_FIELDS = {"mislabels": "mislabel_flag", "duplicates": "duplicate_flag", "leakage": "leak_flag",
-               "outliers": "outlier_flag", "label_next": "label_next_flag"}
 
 
 def _jsonable(value):
@@ -177,17 +332,15 @@ def _ensure_field(dataset, name: str, kind: str) -> None:
     if not dataset.has_sample_field(name):
         if kind == "list":
             dataset.add_sample_field(name, fo.ListField, subfield=fo.StringField)
+        elif kind == "dict":
+            dataset.add_sample_field(name, fo.DictField)
         else:
             kinds = {"float": fo.FloatField, "int": fo.IntField, "str": fo.StringField, "bool": fo.BooleanField}
             dataset.add_sample_field(name, kinds[kind])
 
 
-def write_findings(dataset, context: FinderContext, report: AnalysisReport, *, n_clusters: int = 10) -> None:
-    """Store the per-sample findings as sample fields (columns of the findings contract).
-
-    Only the fields of finders that ran are rewritten, so running one finder keeps the
-    others' earlier results. A finder that ran but does not apply to a sample leaves None.
-    """
+def _finding_values(context: FinderContext, report: AnalysisReport, n_clusters: int) -> dict[str, list]:
+    """Per sample field written by this run, its values aligned with ``context.ids``."""
     ids = context.ids
     row_of = {sample_id: row for row, sample_id in enumerate(ids)}
     results = report.results
@@ -196,7 +349,6 @@ def write_findings(dataset, context: FinderContext, report: AnalysisReport, *, n
     if "mislabels" in results:
         values["mislabel_score"] = _column(results["mislabels"], "score", ids)
         values["suggested_label"] = _column(results["mislabels"], "suggested_label", ids)
-        values["uncertainty_score"] = _column(results["mislabels"], "uncertainty_score", ids)
         values["suggested_confidence"] = _column(results["mislabels"], "suggested_confidence", ids)
         values["mislabel_reason"] = _column(results["mislabels"], "reason", ids)
         values["mislabel_disagreeing_ids"] = [list(v) if v is not None else None
@@ -212,7 +364,6 @@ def write_findings(dataset, context: FinderContext, report: AnalysisReport, *, n
     if "outliers" in results:
         values["outlier_score"] = _column(results["outliers"], "score", ids)
     if "label_next" in results:
-        # Defined for unlabelled samples too, where the mislabel finder has nothing to say.
         values["uncertainty_score"] = _column(results["label_next"], "score", ids)
         values["label_next_rank"] = [None if r is None else int(r) for r in _column(results["label_next"], "label_next_rank", ids)]
     for name, result in results.items():
@@ -223,23 +374,164 @@ def write_findings(dataset, context: FinderContext, report: AnalysisReport, *, n
         keep = _column(results["duplicates"], "keep", ids)
         values["duplicate_keeper"] = [bool(k) if member else None for k, member in zip(keep, in_group)]
     values["cluster"] = compute_clusters(context.embeddings, ClusterConfig(n_clusters=n_clusters)).tolist()
-    kinds = {name: kind for fields in _FIELDS_BY_FINDER.values() for name, kind in fields.items()} | {"cluster": "int"}
-    for name, column in values.items():
-        _ensure_field(dataset, name, kinds[name])
-        cleaned = [v.item() if isinstance(v, np.generic) else v for v in column]
-        dataset.set_values(name, dict(zip(ids.tolist(), cleaned)), key_field="id")
+    return {name: [v.item() if isinstance(v, np.generic) else v for v in column] for name, column in values.items()}
+
+
+def _write_pause() -> float:
+    """Seconds to sleep after each write batch (test hook, see the module docstring)."""
+    text = os.environ.get(WRITE_PAUSE_VARIABLE, "").strip()
+    if not text:
+        return 0.0
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise CurationInputError(f"{WRITE_PAUSE_VARIABLE}: expected seconds (a number >= 0), got {text!r}; "
+                                 "it is a test hook, unset it")
+    return seconds
+
+
+def _write_samples(dataset, ids: np.ndarray, values: dict[str, list], run_id: str, done: list[str],
+                   cleared: list[str]) -> None:
+    """One update per sample: this run's fields and stamps; the cleared owners' fields and stamps removed.
+
+    A pipeline update, so the stamp merges into an ``analysis_run`` that is missing or None,
+    and every value is a ``$literal`` (a label such as ``"$x"`` is not a field path).
+    """
+    import fiftyone as fo
+    from bson import ObjectId
+    from pymongo import UpdateOne
+
+    pause = _write_pause()
+    stamps = {owner: run_id for owner in done}
+    run_stamps = {"$mergeObjects": [{"$ifNull": [f"${RUN_FIELD}", {}]}, {"$literal": stamps}]}
+    removed = [name for owner in cleared for name in FIELDS_BY_OWNER[owner]] + [f"{RUN_FIELD}.{owner}" for owner in cleared]
+    touch = {"last_modified_at": "$$NOW"} if dataset.has_sample_field("last_modified_at") else {}
+    columns = list(values.items())
+    for start in range(0, len(ids), WRITE_BATCH_SIZE):
+        operations = []
+        for row in range(start, min(start + WRITE_BATCH_SIZE, len(ids))):
+            update = {name: {"$literal": column[row]} for name, column in columns}
+            pipeline = [{"$set": {**update, RUN_FIELD: run_stamps, **touch}}]
+            if removed:
+                pipeline.append({"$unset": removed})
+            operations.append(UpdateOne({"_id": ObjectId(ids[row])}, pipeline))
+        dataset._sample_collection.bulk_write(operations, ordered=False)
+        if pause:
+            time.sleep(pause)
+    fo.Sample._reload_docs(dataset._sample_collection_name, sample_ids=[str(i) for i in ids], hard=True)
+
+
+def write_findings(dataset, context: FinderContext, report: AnalysisReport, *, n_clusters: int = 10) -> str:
+    """Store the per-sample findings as sample fields (columns of the findings contract) and
+    commit them as one run (see the module docstring); returns the run id.
+
+    Only the fields of finders that ran are rewritten, so running one finder keeps the
+    others' earlier results. A finder that ran but does not apply to a sample leaves None. A
+    finder that was requested but failed or was skipped loses its earlier results (its
+    summary is dropped too; ``errors`` and ``skipped`` say why).
+    """
+    values = _finding_values(context, report, n_clusters)
+    done = [owner for owner in FIELDS_BY_OWNER if owner in report.results] + ["cluster"]
+    cleared = [name for name in FIELDS_BY_OWNER if name in report.errors or name in report.skipped]
+    for owner in done:
+        for name, kind in FIELDS_BY_OWNER[owner].items():
+            _ensure_field(dataset, name, kind)
+    _ensure_field(dataset, RUN_FIELD, "dict")
+    run_id = uuid.uuid4().hex
+    _write_samples(dataset, context.ids, values, run_id, done, cleared)
+
+    # Merge into the info as stored now, not this process's copy from before the run (another
+    # process may have written a split or a calibration meanwhile). Only the info is reloaded:
+    # ``dataset.reload()`` would also replace the caller's in-memory samples.
+    dataset._doc.reload("info")
     previous = curation_info(dataset).get("analysis", {})
-    merged = lambda key, new: {**{k: v for k, v in previous.get(key, {}).items() if k not in report.results  # noqa: E731
-                                  and k not in report.errors and k not in report.skipped}, **new}
+    replaced = set(done) | set(cleared)
+    if "runs" in previous:
+        runs = {owner: run for owner, run in previous["runs"].items() if owner not in replaced}
+    else:  # results stored before run ids: they stay readable as they are
+        runs = {owner: UNSTAMPED for owner in [*previous.get("summaries", {}), "cluster"] if previous
+                and owner in FIELDS_BY_OWNER and owner not in replaced}
+    runs.update(dict.fromkeys(done, run_id))
+    kept = lambda key: {k: v for k, v in previous.get(key, {}).items() if k not in replaced}  # noqa: E731
     update_curation_info(dataset, analysis={
         "updated_at": now_iso(),
+        "run_id": run_id,
         "embedding_field": context.extras.get("embedding_field"),
         "label_field": context.extras.get("label_field"),
-        "summaries": merged("summaries", {name: result.summary for name, result in results.items()}),
-        "settings": merged("settings", {name: _jsonable(result.info) for name, result in results.items()}),
+        "split_source": context.extras.get("split_source"),
+        "summaries": {**kept("summaries"), **{name: result.summary for name, result in report.results.items()}},
+        "settings": {**kept("settings"), **{name: _jsonable(result.info) for name, result in report.results.items()}},
+        "runs": runs,
         "errors": report.errors,
         "skipped": report.skipped,
     })
+    return run_id
+
+
+def committed_runs(collection) -> dict[str, str] | None:
+    """``{owner: run id}`` of the results readers may show, read from the database now (not
+    from this process's copy of the dataset); None when results carry no run ids (never
+    analysed, or analysed before run ids existed): then every stored value counts."""
+    from fiftyone.core.odm import get_db_conn
+
+    dataset = collection._root_dataset
+    stored = get_db_conn().datasets.find_one({"_id": dataset._doc.id}, {"info": 1})
+    info = (stored or {}).get("info") if stored is not None else dataset.info
+    runs = ((info or {}).get("curation", {}) or {}).get("analysis", {}).get("runs")
+    return dict(runs) if isinstance(runs, dict) else None
+
+
+def has_results(owner: str, runs: dict[str, str] | None) -> bool:
+    """Whether readers may show any result of ``owner`` under ``runs`` (see :func:`committed_runs`)."""
+    return runs is None or runs.get(owner) is not None
+
+
+def current_condition(owner: str, runs: dict[str, str] | None):
+    """A FiftyOne expression matching samples whose ``owner`` fields belong to the committed
+    run; None when nothing needs checking (``runs`` is None). Check :func:`has_results` first."""
+    from fiftyone import ViewField as F
+
+    if runs is None:
+        return None
+    expected = runs.get(owner)
+    stamp = F(f"{RUN_FIELD}.{owner}")
+    return stamp.exists(False) if expected == UNSTAMPED else stamp == expected
+
+
+def _is_current(stamps: dict | None, owner: str, runs: dict[str, str] | None) -> bool:
+    if runs is None:
+        return True
+    expected = runs.get(owner)
+    actual = (stamps or {}).get(owner)
+    if expected == UNSTAMPED:
+        return actual is None
+    return expected is not None and actual == expected
+
+
+def current_values(collection, fields: list[str], runs: dict[str, str] | None | bool = True) -> dict[str, list]:
+    """Values of ``fields`` for every sample of ``collection`` (a dataset or view), in its
+    order; a finding field is None where its owner's run is not the committed one, and a
+    field that does not exist is all None.
+
+    Args:
+        runs: the committed runs (:func:`committed_runs`); True (default) reads them now.
+    """
+    if runs is True:
+        runs = committed_runs(collection)
+    present = [name for name in dict.fromkeys(fields) if collection.has_sample_field(name)]
+    owned = [name for name in present if name in OWNER_OF_FIELD]
+    read = present + ([RUN_FIELD] if owned and runs is not None and collection.has_sample_field(RUN_FIELD) else [])
+    columns = dict(zip(read, collection.values(read))) if read else {}
+    count = len(next(iter(columns.values()))) if columns else collection.count()
+    if owned and runs is not None:
+        stamps = columns.pop(RUN_FIELD, [None] * count)
+        for name in owned:
+            owner = OWNER_OF_FIELD[name]
+            columns[name] = [value if _is_current(stamp, owner, runs) else None
+                             for value, stamp in zip(columns[name], stamps)]
+    return {name: columns.get(name, [None] * count) for name in fields}
 
 
 PIXEL_HASH_FIELD = "pixel_hash"
@@ -264,45 +556,65 @@ def ensure_pixel_digests(dataset, ids: list[str]) -> list[str | None]:
 def analyze(dataset, finders: list[str] | None = None, *, field: str | None = None, label_field: str | None = None,
             split_field: str | None = None, configs: dict | None = None,
             progress: Callable[[str, int, int], None] | None = None) -> AnalysisReport:
-    """Build the context, run the finders, write the results to the dataset."""
+    """Build the context, run the finders, write the results to the dataset as one run.
+
+    Raises:
+        UnknownFinderError: a name in ``finders`` is not registered, or ``finders`` is empty.
+        AnalysisError, MissingFieldError, CurationInputError, FinderInputError: see
+            :func:`build_context`.
+    """
     from curation.finders.duplicates import DEFAULT_THRESHOLD, DuplicateConfig
 
+    finders = check_finder_names(finders)
+    _write_pause()  # a bad test-hook value fails now, not after the finders ran
     context = build_context(dataset, field=field, label_field=label_field, split_field=split_field)
     configs = dict(configs or {})
     threshold = stored_threshold(dataset, context.extras["embedding_field"])
     for name in ("duplicates", "leakage"):
         configs.setdefault(name, DuplicateConfig(threshold=threshold or DEFAULT_THRESHOLD))
-    if finders is None or "duplicates" in finders:
+    if "duplicates" in finders:
         context.extras["pixel_digests"] = ensure_pixel_digests(dataset, list(context.ids))
     report = run_finders(context, finders, configs=configs, progress=progress)
-    write_findings(dataset, context, report)
+    report.run_id = write_findings(dataset, context, report)
     return report
 
 
-def findings_table(dataset, label_field: str | None = None) -> pd.DataFrame:
-    """One row per sample with the documented findings columns (empty where a finder did not apply)."""
+def findings_table(dataset, label_field: str | None = None, split_field: str | None = None) -> pd.DataFrame:
+    """One row per sample with the documented findings columns (empty where a finder did not
+    apply, did not run, or its latest run was not completed).
+
+    ``split`` comes from ``split_field`` when given, else by the rule of :func:`split_source`:
+    the field the most recent ``curation split`` wrote (``curation_split`` by default), a
+    ``split`` field, or train/val/test tags. ``label`` is the label field the last analysis
+    used (else the dataset's default).
+
+    Raises:
+        FinderInputError: ``split_field`` does not exist.
+    """
     label_field = label_field or curation_info(dataset).get("analysis", {}).get("label_field") or default_label_field(dataset)
     ids, paths = dataset.values(["id", "filepath"])
     table = pd.DataFrame({"id": ids, "filepath": paths})
-    splits = split_values(dataset, ids)
+    splits = split_values(dataset, ids, split_field)
     table["split"] = splits if splits is not None else None
-    table["label"] = dataset.values(f"{label_field}.label") if label_field else None
-    for name in FINDING_FIELDS:
-        table[name] = dataset.values(name) if dataset.has_sample_field(name) else None
+    table["label"] = dataset.values(f"{label_field}.label") if label_field and dataset.has_sample_field(label_field) else None
+    for name, column in current_values(dataset, FINDING_FIELDS).items():
+        table[name] = column
     return table[FINDINGS_COLUMNS]
 
 
-def write_findings_csv(dataset, path) -> int:
-    """Write :func:`findings_table` to ``path`` atomically; returns the number of rows."""
-    import os
-    from pathlib import Path
+def write_findings_csv(dataset, path, *, split_field: str | None = None) -> int:
+    """Write :func:`findings_table` to ``path`` atomically (readers never see half a file;
+    a failure leaves none); returns the number of rows.
 
-    path = Path(path)
-    table = findings_table(dataset)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    table.to_csv(partial, index=False)
-    os.replace(partial, path)
+    Raises:
+        CurationInputError: ``path`` is a directory.
+        FileNotFoundError: the folder of ``path`` does not exist (it is not created).
+    """
+    from curation.files import atomic_file
+
+    with atomic_file(Path(path)) as partial:
+        table = findings_table(dataset, split_field=split_field)
+        table.to_csv(partial, index=False)
     return len(table)
 
 
@@ -313,10 +625,23 @@ def stored_threshold(dataset, field: str) -> float | None:
 
 def calibrate_dataset(dataset, *, field: str | None = None, sample_size: int = 100, target_precision: float = 0.95,
                       device: str = "auto"):
-    """Calibrate the near-duplicate threshold for the dataset's embeddings and store it."""
+    """Calibrate the near-duplicate threshold for the dataset's embeddings and store it.
+
+    Args:
+        sample_size: images to edit and look for, >= 1 (100 takes about a minute on a CPU).
+        target_precision: in (0, 1]; the lowest threshold reaching it is chosen.
+
+    Raises:
+        CurationInputError: ``sample_size`` or ``target_precision`` out of range.
+    """
     from curation.finders.calibration import calibrate_threshold
     from curation.models import ModelSpec, load_embedder
 
+    if isinstance(sample_size, bool) or not isinstance(sample_size, (int, np.integer)) or sample_size < 1:
+        raise CurationInputError(f"sample_size: expected a whole number >= 1, got {sample_size!r}")
+    if not isinstance(target_precision, (int, float)) or not math.isfinite(target_precision) \
+            or not 0 < target_precision <= 1:
+        raise CurationInputError(f"target_precision: expected a number in (0, 1], got {target_precision!r}")
     context = build_context(dataset, field=field)
     field = context.extras["embedding_field"]
     run = curation_info(dataset).get("embeddings", {}).get(field, {})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 
 import curation  # noqa: F401  (environment defaults before fiftyone)
@@ -25,6 +26,60 @@ def _one_line(error: BaseException) -> str:
         text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
     text = " ".join(text.split())
     return text if len(text) <= 2000 else text[:2000] + " ..."
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line, like every other failure:
+    ``curation map: error: argument --min-dist: expected ... (see `curation map --help`)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
+def _whole_number(minimum: int):
+    """argparse ``type=``: an int >= ``minimum``; the message says what arrived."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _number_in(low: float, high: float, *, low_open: bool = False):
+    """argparse ``type=``: a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+            raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _finite_at_least(minimum: float):
+    """argparse ``type=``: a finite float >= ``minimum``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a finite number >= {minimum:g}, got {text!r}")
+        return value
+
+    return parse
 
 
 def _progress(description: str, total_hint: int | None = None):
@@ -81,6 +136,7 @@ def cmd_embed(args) -> int:
 
 
 def cmd_map(args) -> int:
+    from curation.analysis import check_embedding_field
     from curation.datasets import default_label_field, load_dataset
     from curation.embeddings import default_embedding_field
     from curation.mapview import map_frame
@@ -90,6 +146,10 @@ def cmd_map(args) -> int:
     field = args.field or default_embedding_field(dataset)
     if not field:
         raise CommandError(f"dataset {args.dataset!r} has no embeddings yet; run `curation embed --dataset {args.dataset}`")
+    check_embedding_field(dataset, field)
+    embedded = dataset.exists(field).count()
+    if embedded < 2:
+        raise CommandError(f"a map needs at least 2 embedded samples; dataset {args.dataset!r} has {embedded} in {field!r}")
     config = ProjectionConfig(n_neighbors=args.n_neighbors, min_dist=args.min_dist)
     frame = map_frame(dataset, field, default_label_field(dataset), config)
     print(f"map of {len(frame)} samples from {field!r} is cached ({config})")
@@ -142,20 +202,29 @@ def cmd_analyze(args) -> int:
     from tqdm import tqdm
 
     dataset = load_dataset(args.dataset)
-    finders = [name.strip() for name in args.finders.split(",")] if args.finders else None
-    bar = tqdm(total=None, desc="analyzing", unit="finder", file=sys.stderr, dynamic_ncols=True)
+    finders = None
+    if args.finders is not None:
+        finders = list(_names(args.finders))
+        if not finders:
+            raise CommandError(f"--finders: expected comma-separated finder names, got {args.finders!r}")
+    label_field = _label_field(dataset, args)
+    bar = None  # started by the first finder, so that a refused option prints nothing but its reason
 
     def progress(name: str, done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="analyzing", unit="finder", file=sys.stderr, dynamic_ncols=True)
         bar.total = total
         bar.n = done
         bar.set_postfix_str(name)
         bar.refresh()
 
     try:
-        report = analyze(dataset, finders, field=args.field, label_field=args.label_field, split_field=args.split_field,
+        report = analyze(dataset, finders, field=args.field, label_field=label_field, split_field=args.split_field,
                          progress=progress)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     for name, result in report.results.items():
         print(f"{name}: {result.summary}")
     for name, reason in report.skipped.items():
@@ -169,7 +238,7 @@ def cmd_findings(args) -> int:
     from curation.analysis import write_findings_csv
     from curation.datasets import load_dataset
 
-    rows = write_findings_csv(load_dataset(args.dataset), args.out)
+    rows = write_findings_csv(load_dataset(args.dataset), args.out, split_field=args.split_field)
     print(f"wrote {rows} rows to {args.out}")
     return 0
 
@@ -182,10 +251,32 @@ def cmd_doctor(args) -> int:
     return 0 if status.ok else 1
 
 
-def _label_field(dataset, args) -> str | None:
+# The kinds of label field a command accepts for --label-field (default: classification only).
+_LABEL_KINDS = {"export": ("Classification", "Detections")}
+
+
+def _label_field(dataset, args, *, may_create: bool = False) -> str | None:
+    """The field named by ``--label-field`` after checking that it holds labels the command
+    can use (or, with ``may_create``, does not exist yet: a relabel creates it); without the
+    option, the dataset's default classification field (or None)."""
+    import fiftyone as fo
+
     from curation.datasets import default_label_field
 
-    return getattr(args, "label_field", None) or default_label_field(dataset)
+    name = getattr(args, "label_field", None)
+    if not name:
+        return default_label_field(dataset)
+    if may_create and not dataset.has_sample_field(name):
+        return name
+    kinds = _LABEL_KINDS.get(args.command, ("Classification",))
+    types = tuple(getattr(fo, kind) for kind in kinds)
+    fields = sorted(field_name for field_name, field in dataset.get_field_schema().items()
+                    if isinstance(field, fo.EmbeddedDocumentField) and issubclass(field.document_type, types))
+    if name not in fields:
+        words = " or ".join(kind.lower() for kind in kinds)
+        raise CommandError(f"--label-field {name!r} is not a {words} field of dataset {dataset.name!r}; "
+                           f"{words} fields: {', '.join(fields) or 'none'}")
+    return name
 
 
 def _names(text: str | None) -> tuple[str, ...]:
@@ -194,18 +285,61 @@ def _names(text: str | None) -> tuple[str, ...]:
 
 
 def _read_ids(args) -> tuple[str, ...]:
-    ids = list(_names(args.ids))
+    """The ids of ``--ids`` and ``--ids-file``, in order, without repeats.
+
+    Raises:
+        CommandError: a value that is not a sample id (24 hex digits), named with where it came from.
+        FileNotFoundError: ``--ids-file`` does not exist.
+    """
+    from curation.decisions import is_sample_id
+
+    found = [(sample_id, "--ids") for sample_id in _names(args.ids)]
     if getattr(args, "ids_file", None):
         from pathlib import Path
 
         path = Path(args.ids_file)
         if not path.exists():
             raise FileNotFoundError(f"--ids-file {path}: no such file")
-        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        if lines and lines[0].split(",")[0].strip().lower() == "id":  # a CSV whose first column is id
+        lines = [(number, line.strip()) for number, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+        if lines and lines[0][1].split(",")[0].strip().lower() == "id":  # a CSV whose first column is id
             lines = lines[1:]
-        ids += [line.split(",")[0] for line in lines]
-    return tuple(dict.fromkeys(ids))
+        found += [(line.split(",")[0].strip(), f"--ids-file {path} line {number}") for number, line in lines]
+    for sample_id, origin in found:
+        if not is_sample_id(sample_id):
+            raise CommandError(f"{origin}: {sample_id!r} is not a sample id (expected 24 hex digits)")
+    return tuple(dict.fromkeys(sample_id for sample_id, _ in found))
+
+
+def _check_known_ids(dataset, ids) -> None:
+    """Raise :class:`CommandError` naming the ids that are not samples of ``dataset``."""
+    if not ids:
+        return
+    found = set(dataset.select(list(ids)).values("id"))
+    missing = [sample_id for sample_id in ids if sample_id not in found]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CommandError(f"{len(missing)} of {len(ids)} ids are not in dataset {dataset.name!r}: {shown}")
+
+
+# VIEW OPTIONS in the order :func:`_describe_view` names them.
+_VIEW_OPTIONS = (("ids", "--ids"), ("ids_file", "--ids-file"), ("tags", "--tags"), ("exclude_tags", "--exclude-tags"),
+                 ("decisions", "--decisions"), ("classes", "--classes"), ("max_score", "--max-score"),
+                 ("split_field", "--split-field"), ("splits", "--splits"))
+
+
+def _describe_view(args) -> str:
+    """The view options given, as typed: ``--classes nope and --tags x``."""
+    parts = []
+    for attribute, option in _VIEW_OPTIONS:
+        value = getattr(args, attribute, None)
+        if not value:
+            continue
+        if attribute == "ids" and len(_names(value)) > 3:
+            value = f"({len(_names(value))} ids)"
+        elif isinstance(value, list):
+            value = " ".join(value)
+        parts.append(f"{option} {value}")
+    return " and ".join(parts) or "the options given"
 
 
 def _view_spec(args):
@@ -215,9 +349,13 @@ def _view_spec(args):
     for item in args.max_score or []:
         name, _, value = item.partition("=")
         try:
-            max_scores.append((name.strip(), float(value)))
+            limit = float(value)
         except ValueError:
-            raise CommandError(f"--max-score: expected FIELD=VALUE like mislabel_score=0.9, got {item!r}") from None
+            limit = math.nan
+        if not name.strip() or not math.isfinite(limit):
+            raise CommandError(f"--max-score: expected FIELD=VALUE with a finite number, like mislabel_score=0.9, "
+                               f"got {item!r}")
+        max_scores.append((name.strip(), limit))
     return ViewSpec(tags=_names(args.tags), exclude_tags=_names(args.exclude_tags), decisions=_names(args.decisions),
                     classes=_names(args.classes), ids=_read_ids(args), max_scores=tuple(max_scores),
                     split_field=args.split_field, splits=_names(args.splits), exclude_removed=not args.include_removed)
@@ -228,13 +366,22 @@ def cmd_queue(args) -> int:
     from curation.review import QueueFilter, review_queue
 
     dataset = load_dataset(args.dataset)
-    queue = review_queue(dataset, _label_field(dataset, args), QueueFilter(
-        finders=_names(args.finders), classes=_names(args.classes), tags=_names(args.tags),
-        min_priority=args.min_priority, include_decided=args.include_decided))
+    label_field = _label_field(dataset, args)
+
+    def build():
+        return review_queue(dataset, label_field, QueueFilter(
+            finders=_names(args.finders), classes=_names(args.classes), tags=_names(args.tags),
+            min_priority=args.min_priority, include_decided=args.include_decided))
+
     if args.out:
-        queue.assign(finders=queue["finders"].map(",".join)).to_csv(args.out, index=False)
+        from curation.files import atomic_file
+
+        with atomic_file(args.out) as partial:  # a bad path fails before the queue is built
+            queue = build()
+            queue.assign(finders=queue["finders"].map(",".join)).to_csv(partial, index=False)
         print(f"wrote {len(queue)} rows to {args.out}")
         return 0
+    queue = build()
     print(f"{len(queue)} samples to review")
     for row in queue.head(args.limit).itertuples():
         print(f"{row.priority:.3f}  {row.id}  {row.label}  [{','.join(row.finders)}]  {row.reason}")
@@ -247,18 +394,24 @@ def cmd_decide(args) -> int:
     from curation.export import build_view
 
     dataset = load_dataset(args.dataset)
-    label_field = _label_field(dataset, args)
+    label_field = _label_field(dataset, args, may_create=args.decision == "relabel")
     spec = _view_spec(args)
     if spec == type(spec)():
         raise CommandError("decide: name the samples with --ids, --ids-file, --tags, --classes or another view option")
+    if args.decision == "relabel" and not args.label and not args.accept_suggestion:
+        raise CommandError("decide relabel: expected --label CLASS or --accept-suggestion")
+    if (spec.classes or args.decision == "relabel") and not label_field:
+        option = "--classes" if spec.classes else "relabel"
+        raise CommandError(f"{option} needs a label field; dataset {dataset.name!r} has no classification field")
+    _check_known_ids(dataset, spec.ids)
     from dataclasses import replace
 
     ids = build_view(dataset, label_field, replace(spec, exclude_removed=False)).values("id")
+    if not ids:
+        raise CommandError(f"no sample matches {_describe_view(args)}; nothing was decided")
     if args.decision == "relabel" and args.accept_suggestion:
         count = accept_suggestions(dataset, ids, label_field=label_field, source="cli")
     elif args.decision == "relabel":
-        if not args.label:
-            raise CommandError("decide relabel: expected --label CLASS or --accept-suggestion")
         count = apply_relabel(dataset, ids, args.label, label_field=label_field, reason=args.reason, source="cli")
     else:
         count = record_decision(dataset, ids, args.decision, reason=args.reason, source="cli")
@@ -268,22 +421,25 @@ def cmd_decide(args) -> int:
 
 def cmd_undo(args) -> int:
     from curation.datasets import load_dataset
-    from curation.decisions import clear_decision, undo_decision
+    from curation.decisions import clear_decision, samples_with_history, undo_decision
 
     dataset = load_dataset(args.dataset)
     ids = list(_read_ids(args))
     if not ids:
         raise CommandError("undo: name the samples with --ids or --ids-file")
+    _check_known_ids(dataset, ids)
+    idle = len(ids) - len(samples_with_history(dataset, ids))
     count = clear_decision(dataset, ids) if args.all else undo_decision(dataset, ids)
-    print(f"undid {count} decision(s)")
+    print(f"undid {count} decision(s)" + (f"; nothing to undo for {idle} sample{'s' if idle != 1 else ''}" if idle else ""))
     return 0
 
 
 def cmd_split(args) -> int:
     from curation.datasets import load_dataset
-    from curation.splits import SplitConfig, make_splits, parse_ratios, write_splits
+    from curation.splits import SplitConfig, check_split_field, make_splits, parse_ratios, write_splits
 
     dataset = load_dataset(args.dataset)
+    check_split_field(dataset, args.field)  # before the work, and in a dry run too
     config = SplitConfig(ratios=parse_ratios(args.ratios), seed=args.seed, group_field=args.group_field,
                          use_duplicate_groups=not args.no_duplicate_groups, balance=args.balance, cap=args.cap,
                          target=args.target, balance_splits=_names(args.balance_splits),
@@ -311,13 +467,19 @@ def cmd_export(args) -> int:
         from curation.embeddings import default_embedding_field
 
         embeddings_field = args.embeddings_field or default_embedding_field(dataset)
+        if not embeddings_field:
+            raise CommandError(f"export --embeddings: dataset {args.dataset!r} has no embeddings yet; run "
+                               f"`curation embed --dataset {args.dataset}` or leave out --embeddings")
     report = export_dataset(dataset, args.out, format=args.format, label_field=_label_field(dataset, args),
                             spec=_view_spec(args), embeddings_field=embeddings_field, overwrite=args.overwrite)
+    if report.removed_leftovers:
+        print(f"removed {len(report.removed_leftovers)} leftover(s) of an interrupted export: "
+              + ", ".join(str(path) for path in report.removed_leftovers), file=sys.stderr)
     splits = ", ".join(f"{name} {count}" for name, count in report.per_split.items())
     print(f"exported {report.samples} samples ({splits}) as {report.format} to {report.out_dir}; "
           f"provenance in {report.out_dir / 'provenance.json'}")
-    for reason, count in report.left_out.items():
-        print(f"left out {count}: {reason}", file=sys.stderr)
+    for line in report.left_out_lines():
+        print(f"left out {line}", file=sys.stderr)
     return 0
 
 
@@ -347,6 +509,8 @@ def cmd_relabel_import(args) -> int:
         print(f"{sample_id}: {old} -> {new}")
     for problem in result.problems:
         print(f"problem: {problem}", file=sys.stderr)
+    if result.n_problems > len(result.problems):  # the library lists the first few; the summary counts all
+        print(f"problem: ... and {result.n_problems - len(result.problems):,} more problem(s) like these", file=sys.stderr)
     print(result.summary())
     return 0
 
@@ -373,15 +537,15 @@ def _add_embed_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"one of: {', '.join(sorted(MODEL_REGISTRY))}")
     parser.add_argument("--checkpoint", help="local weights file for the model (air-gapped use)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then cpu), cpu, cuda, cuda:N")
-    parser.add_argument("--batch-size", type=int, help="images per forward pass (default: 256 GPU, 32 CPU)")
-    parser.add_argument("--workers", type=int, help="image-decoding worker processes")
+    parser.add_argument("--batch-size", type=_whole_number(1), help="images per forward pass (default: 256 GPU, 32 CPU)")
+    parser.add_argument("--workers", type=_whole_number(0), help="image-decoding worker processes (0: in the main process)")
     parser.add_argument("--no-fallback", action="store_true", help="fail instead of using the offline model")
     parser.add_argument("--retry-failed", action="store_true", help="retry images that failed to decode before")
 
 
 def _add_map_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-neighbors", type=int, default=15)
-    parser.add_argument("--min-dist", type=float, default=0.1)
+    parser.add_argument("--n-neighbors", type=_whole_number(2), default=15, help="UMAP neighbours, >= 2 (5-50 work well)")
+    parser.add_argument("--min-dist", type=_finite_at_least(0), default=0.1, help="UMAP minimum distance, >= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -390,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     from curation.importers import FORMATS
     from curation.relabel import EXPORT_FORMATS as RELABEL_TOOLS
 
-    parser = argparse.ArgumentParser(prog="curation", description="Curate image datasets: import, embed, map.")
+    parser = _Parser(prog="curation", description="Curate image datasets: import, embed, map.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -426,8 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrating = commands.add_parser("calibrate", help="choose the near-duplicate threshold on the dataset's own images")
     calibrating.add_argument("--dataset", required=True)
     calibrating.add_argument("--field", help="embedding field (default: the dataset's latest)")
-    calibrating.add_argument("--sample-size", type=int, default=100)
-    calibrating.add_argument("--target-precision", type=float, default=0.95)
+    calibrating.add_argument("--sample-size", type=_whole_number(1), default=100, help="images to edit and look for")
+    calibrating.add_argument("--target-precision", type=_number_in(0, 1, low_open=True), default=0.95,
+                             help="precision the threshold must reach, in (0, 1]")
     calibrating.set_defaults(handler=cmd_calibrate)
 
     analyzing = commands.add_parser("analyze", help="run the finders and store their results on the samples")
@@ -440,7 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     finding = commands.add_parser("findings", help="write the per-sample findings as CSV")
     finding.add_argument("--dataset", required=True)
-    finding.add_argument("--out", required=True, help="CSV file to write")
+    finding.add_argument("--out", required=True, help="CSV file to write (its folder must exist)")
+    finding.add_argument("--split-field", help="field for the `split` column (default: the field `curation split` "
+                                               "wrote last, else `split`, else train/val/test tags)")
     finding.set_defaults(handler=cmd_findings)
 
     queueing = commands.add_parser("queue", help="print or save the ranked review queue of every finder's flags")
@@ -448,11 +615,11 @@ def build_parser() -> argparse.ArgumentParser:
     queueing.add_argument("--finders", help="comma-separated finders (default: all)")
     queueing.add_argument("--classes", help="only these classes")
     queueing.add_argument("--tags", help="only samples with these tags")
-    queueing.add_argument("--min-priority", type=float, default=0.0)
+    queueing.add_argument("--min-priority", type=_number_in(0, 1), default=0.0, help="in [0, 1]")
     queueing.add_argument("--include-decided", action="store_true")
     queueing.add_argument("--label-field")
-    queueing.add_argument("--limit", type=int, default=20, help="rows to print")
-    queueing.add_argument("--out", help="write the whole queue as CSV instead")
+    queueing.add_argument("--limit", type=_whole_number(0), default=20, help="rows to print")
+    queueing.add_argument("--out", help="write the whole queue as CSV instead (its folder must exist)")
     queueing.set_defaults(handler=cmd_queue)
 
     deciding = commands.add_parser("decide", help="record a decision (keep, remove, relabel, annotate, dismiss)")
@@ -479,8 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
     splitting.add_argument("--no-duplicate-groups", action="store_true",
                            help="do not keep near-duplicate groups and leak pairs together")
     splitting.add_argument("--balance", default="none", choices=("none", "cap", "undersample", "weights"))
-    splitting.add_argument("--cap", type=int, help="samples per class at most (--balance cap)")
-    splitting.add_argument("--target", type=int, help="samples per class (--balance undersample; default: smallest class)")
+    splitting.add_argument("--cap", type=_whole_number(1), help="samples per class at most (--balance cap)")
+    splitting.add_argument("--target", type=_whole_number(1),
+                           help="samples per class (--balance undersample; default: smallest class)")
     splitting.add_argument("--balance-splits", default="train", help="splits that balancing applies to")
     splitting.add_argument("--include-removed", action="store_true", help="give samples decided 'remove' a split too")
     splitting.add_argument("--field", default="curation_split", help="sample field to write the split to")

@@ -17,6 +17,7 @@ decided by both holds both entries.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from curation.datasets import now_iso
@@ -28,14 +29,20 @@ PREVIOUS_LABEL_FIELD = "previous_label"
 HISTORY_FIELD = "decision_history"
 
 
-def _object_ids(sample_ids: list[str]):
-    from bson import ObjectId
-    from bson.errors import InvalidId
+def is_sample_id(value) -> bool:
+    """Whether ``value`` looks like a FiftyOne sample id: a string of 24 hex digits."""
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-fA-F]{24}", value) is not None
 
-    try:
-        return [ObjectId(sample_id) for sample_id in sample_ids]
-    except (InvalidId, TypeError) as error:
-        raise CurationInputError(f"decision: expected FiftyOne sample ids (24 hex digits), got {error}") from None
+
+def _object_ids(sample_ids: list[str]):
+    """``sample_ids`` as ObjectIds; raises :class:`CurationInputError` naming the first that is not an id."""
+    from bson import ObjectId
+
+    bad = [sample_id for sample_id in sample_ids if not is_sample_id(sample_id)]
+    if bad:
+        raise CurationInputError(f"decision: expected FiftyOne sample ids (24 hex digits), got {bad[0]!r}"
+                                 + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
+    return [ObjectId(sample_id) for sample_id in sample_ids]
 
 
 def _ensure_fields(dataset, label_field: str | None = None) -> None:
@@ -155,12 +162,17 @@ def apply_relabel(dataset, sample_ids: list[str], new_label: str, *, label_field
 def accept_suggestions(dataset, sample_ids: list[str], *, label_field: str, source: str = "review") -> int:
     """Relabel each sample to its own ``suggested_label`` (from the mislabel finder).
 
-    Samples without a suggestion, or whose suggestion equals their label, are left alone.
+    Samples without a suggestion, or whose suggestion equals their label, are left alone;
+    so are suggestions of an analysis run that did not finish (see :mod:`curation.analysis`).
     """
+    from curation.analysis import current_values
+
     if not sample_ids or not dataset.has_sample_field("suggested_label"):
         return 0
+    _object_ids(sample_ids)
     view = dataset.select(sample_ids, ordered=True)
-    ids, labels, suggested = view.values(["id", f"{label_field}.label", "suggested_label"])
+    ids, labels = view.values(["id", f"{label_field}.label"])
+    suggested = current_values(view, ["suggested_label"])["suggested_label"]
     by_label: dict[str, list[str]] = {}
     for sample_id, label, suggestion in zip(ids, labels, suggested):
         if suggestion and suggestion != label:
@@ -173,7 +185,11 @@ def undo_decision(dataset, sample_ids: list[str]) -> int:
     """Undo the latest decision of each sample, restoring what it replaced (label included).
 
     Returns how many samples had a decision to undo.
+
+    Raises:
+        CurationInputError: an id that is not a FiftyOne sample id.
     """
+    _object_ids(sample_ids)
     if not sample_ids or not dataset.has_sample_field(HISTORY_FIELD):
         return 0
     last = {"$arrayElemAt": [f"${HISTORY_FIELD}", -1]}
@@ -197,6 +213,15 @@ def undo_decision(dataset, sample_ids: list[str]) -> int:
     return total
 
 
+def samples_with_history(dataset, sample_ids: list[str]) -> list[str]:
+    """The ids among ``sample_ids`` that have a decision to undo, in the given order."""
+    _object_ids(sample_ids)
+    if not sample_ids or not dataset.has_sample_field(HISTORY_FIELD):
+        return []
+    with_history = {sample_id for group in _ids_by_last_label_field(dataset, sample_ids).values() for sample_id in group}
+    return [sample_id for sample_id in sample_ids if sample_id in with_history]
+
+
 def _ids_by_last_label_field(dataset, sample_ids: list[str]) -> dict[str | None, list[str]]:
     """Samples with a history, grouped by the label field their latest decision changed (None: none)."""
     view = dataset.select(sample_ids)
@@ -218,6 +243,8 @@ def clear_decision(dataset, sample_ids: list[str]) -> int:
 
 
 def decisions_for(dataset, sample_ids: list[str]) -> dict[str, str | None]:
+    """The current decision of each sample (None: undecided)."""
+    _object_ids(sample_ids)
     if not sample_ids or not dataset.has_sample_field("decision"):
         return {sample_id: None for sample_id in sample_ids}
     values = dataset.select(sample_ids, ordered=True).values("decision")
@@ -233,6 +260,7 @@ def decision_counts(dataset) -> dict[str, int]:
 
 def decision_history(dataset, sample_id: str) -> list[dict]:
     """The decisions of one sample, oldest first (each with the state it replaced)."""
+    _object_ids([sample_id])
     if not dataset.has_sample_field(HISTORY_FIELD):
         return []
     values = dataset.select([sample_id]).values(HISTORY_FIELD)

@@ -1,4 +1,8 @@
-"""Queues of samples for people to review, read from the findings stored on the dataset."""
+"""Queues of samples for people to review, read from the findings stored on the dataset.
+
+Only results of the committed analysis run count (see :mod:`curation.analysis`): samples
+rewritten by an ``analyze`` that did not finish are not listed for that finder.
+"""
 
 from __future__ import annotations
 
@@ -18,19 +22,23 @@ def mislabel_queue(dataset, label_field: str) -> pd.DataFrame:
     ``suggested_confidence``, ``mislabel_reason``, ``mislabel_disagreeing_ids`` (the most
     similar neighbours whose label differs), ``decision`` (None while undecided).
     """
+    from curation.analysis import committed_runs, current_condition, current_values, has_results
+
     columns = ["id", "filepath", "label", "mislabel_score", "suggested_label", "suggested_confidence",
                "mislabel_reason", "mislabel_disagreeing_ids", "decision"]
-    if not dataset.has_sample_field("mislabel_score"):
+    runs = committed_runs(dataset)
+    if not dataset.has_sample_field("mislabel_score") or not has_results("mislabels", runs):
         return pd.DataFrame(columns=columns)
     view = dataset.exists("mislabel_score")
-    fields = ["id", "filepath", f"{label_field}.label", "mislabel_score"]
-    optional = ["suggested_label", "suggested_confidence", "mislabel_reason", "mislabel_disagreeing_ids", "decision"]
-    values = view.values(fields + [name for name in optional if dataset.has_sample_field(name)])
-    table = pd.DataFrame(dict(zip(columns[:4] + [n for n in optional if dataset.has_sample_field(n)], values)))
-    for name in optional:
-        if name not in table:
-            table[name] = None
-    return table[columns].sort_values("mislabel_score", ascending=False, kind="stable").reset_index(drop=True)
+    condition = current_condition("mislabels", runs)
+    if condition is not None:
+        view = view.match(condition)
+    values = current_values(view, ["id", "filepath", "mislabel_score", "suggested_label", "suggested_confidence",
+                                   "mislabel_reason", "mislabel_disagreeing_ids", "decision"], runs)
+    has_labels = bool(label_field) and dataset.has_sample_field(label_field)
+    values["label"] = view.values(f"{label_field}.label") if has_labels else [None] * len(values["id"])
+    table = pd.DataFrame(values, columns=columns)
+    return table.sort_values("mislabel_score", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def sample_previews(dataset, sample_ids: list[str], label_field: str | None) -> pd.DataFrame:
@@ -59,6 +67,17 @@ QUEUE_WEIGHTS = {"mislabels": 1.0, "duplicates": 1.0, "leakage": 1.0, "outliers"
 QUEUE_COLUMNS = ["id", "filepath", "label", "suggested_label", "priority", "finders", "reason", "mislabel_score",
                  "nearest_neighbor_similarity", "leak_similarity", "outlier_score", "uncertainty_score", "decision",
                  "tags", "cluster"]
+
+
+def _flagged(name: str, runs: dict[str, str] | None):
+    """Expression: finder ``name`` flags the sample in its committed run."""
+    from fiftyone import ViewField as F
+
+    from curation.analysis import current_condition
+
+    flag = F(QUEUE_FINDERS[name][0]) == True  # noqa: E712
+    condition = current_condition(name, runs)
+    return flag if condition is None else flag & condition
 
 
 @dataclass(frozen=True)
@@ -100,19 +119,27 @@ def review_queue(dataset, label_field: str | None, queue_filter: QueueFilter = Q
     words. Undecided samples only unless ``include_decided``.
 
     Raises:
-        ValueError: an unknown finder name in the filter (the message lists the valid ones).
+        ValueError: an unknown finder name in the filter (the message lists the valid ones),
+            or a class filter without a label field.
     """
+    from curation.analysis import committed_runs, current_values, has_results
+
     unknown = [name for name in queue_filter.finders if name not in QUEUE_FINDERS]
     if unknown:
         raise CurationInputError(f"review queue: unknown finder {unknown[0]!r}. Available: {', '.join(QUEUE_FINDERS)}")
-    present = {name: spec for name, spec in QUEUE_FINDERS.items() if dataset.has_sample_field(spec[0])}
+    if queue_filter.classes and not label_field:
+        raise CurationInputError(f"review queue: a class filter needs a label field; dataset {dataset.name!r} has no "
+                                 "classification field")
+    runs = committed_runs(dataset)
+    present = {name: spec for name, spec in QUEUE_FINDERS.items()
+               if dataset.has_sample_field(spec[0]) and has_results(name, runs)}
     if queue_filter.finders:
         present = {name: spec for name, spec in present.items() if name in queue_filter.finders}
     if not present:
         return pd.DataFrame(columns=QUEUE_COLUMNS)
     from fiftyone import ViewField as F
 
-    view = dataset.match(F.any([F(flag) == True for flag, _ in present.values()]))  # noqa: E712
+    view = dataset.match(F.any([_flagged(name, runs) for name in present]))
     if queue_filter.ids:
         view = view.select(list(queue_filter.ids))
     if queue_filter.tags:
@@ -126,7 +153,7 @@ def review_queue(dataset, label_field: str | None, queue_filter: QueueFilter = Q
                 "nearest_neighbor_similarity", "leak_filepath", "leak_similarity", "outlier_score", "uncertainty_score",
                 "decision", "cluster"]
     fields = list(dict.fromkeys(wanted + [name for name in optional if dataset.has_sample_field(name)]))
-    table = pd.DataFrame(dict(zip(fields, view.values(fields))))
+    table = pd.DataFrame(current_values(view, fields, runs))
     table["label"] = view.values(f"{label_field}.label") if label_field else None
     for name in optional:
         if name not in table:
@@ -162,15 +189,17 @@ def curation_status(dataset) -> CurationStatus:
     """A summary for the overview page and ``curation datasets``; cheap counts only."""
     from fiftyone import ViewField as F
 
+    from curation.analysis import committed_runs, has_results
     from curation.datasets import curation_info
     from curation.decisions import decision_counts
 
     info = curation_info(dataset)
-    flagged = {name: int(dataset.match(F(flag) == True).count())  # noqa: E712
-               for name, (flag, _) in QUEUE_FINDERS.items() if dataset.has_sample_field(flag)}
+    runs = committed_runs(dataset)
+    flagged = {name: int(dataset.match(_flagged(name, runs)).count())
+               for name, (flag, _) in QUEUE_FINDERS.items() if dataset.has_sample_field(flag) and has_results(name, runs)}
     to_review = 0
     if flagged:
-        view = dataset.match(F.any([F(QUEUE_FINDERS[name][0]) == True for name in flagged]))  # noqa: E712
+        view = dataset.match(F.any([_flagged(name, runs) for name in flagged]))
         if dataset.has_sample_field("decision"):
             view = view.match(F("decision") == None)  # noqa: E711
         to_review = int(view.count())
