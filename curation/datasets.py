@@ -72,6 +72,9 @@ def curation_info(dataset) -> dict[str, Any]:
 
 
 def update_curation_info(dataset, **updates: Any) -> None:
+    """Set keys of the dataset's curation info, keeping the keys other processes wrote
+    meanwhile (the info is re-read from the database first, not merged into a stale copy)."""
+    dataset._doc.reload("info")
     info = dict(dataset.info)
     ours = dict(info.get(INFO_KEY, {}))
     ours.update(updates)

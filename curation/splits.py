@@ -766,11 +766,15 @@ def make_splits(dataset, label_field: str | None, config: SplitConfig = SplitCon
     kept = np.flatnonzero(~removed)
 
     near = leak_partner = None
+    if config.use_duplicate_groups:
+        from curation.analysis import current_values  # only the committed analysis run counts
+
+        findings = current_values(dataset, ["near_duplicate_group", "leak_filepath"])
     if config.use_duplicate_groups and dataset.has_sample_field("near_duplicate_group"):
-        near = np.array(dataset.values("near_duplicate_group"), dtype=object)[kept]
+        near = np.array(findings["near_duplicate_group"], dtype=object)[kept]
     if config.use_duplicate_groups and dataset.has_sample_field("leak_filepath"):
         row_of_path = {path: row for row, path in enumerate(filepaths[kept])}
-        leak_paths = np.array(dataset.values("leak_filepath"), dtype=object)[kept]
+        leak_paths = np.array(findings["leak_filepath"], dtype=object)[kept]
         leak_partner = np.array([row_of_path.get(path, -1) if path is not None else -1 for path in leak_paths],
                                 dtype=np.int64)
     user_groups = None

@@ -1,12 +1,21 @@
-"""What every page shares: session defaults, the sidebar dataset picker, cached loaders.
+"""What every page shares: session defaults, the sidebar dataset picker, cached loaders,
+and how a failure is shown.
 
 Only UI glue lives here: every number comes from ``curation``; these wrappers add
 Streamlit caching keyed on the dataset name, its data version and the settings.
+
+Failures: a :class:`~curation.errors.CurationError` or an ``OSError`` carries a reason meant
+for a person and is shown as that one line (:func:`show_error`, :func:`errors_shown`).
+Anything else is a bug: app.py logs its traceback on the server and the page shows only its
+type (:func:`show_unexpected`). A traceback never reaches the browser.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pandas as pd
 import streamlit as st
@@ -14,8 +23,21 @@ import streamlit as st
 import curation  # noqa: F401  (environment defaults before fiftyone)
 from curation import datasets as ds
 from curation import mapview
+from curation.database import bound_fiftyone_exit_hook
 from curation.embeddings import default_embedding_field
+from curation.errors import CurationError
 from curation.projection import ClusterConfig, ProjectionConfig
+
+logger = logging.getLogger("curation.app")
+
+# Failures whose message is meant for the person using the app.
+USER_ERRORS = (CurationError, OSError)
+# FiftyOne's exit hook asks MongoDB whether other clients are connected; with the database
+# already gone it waits for pymongo's 30 s server selection. This bounds it.
+DATABASE_EXIT_TIMEOUT_S = 1.0
+# What markdown_text escapes: every character that could start markup in st.markdown.
+_MARKDOWN_SPECIAL = frozenset("\\`*_{}[]()<>#+-.!|~$:")
+
 
 def _route_through_app_frame() -> None:
     """Make a page URL opened first after a server start run through app.py.
@@ -34,6 +56,55 @@ def _route_through_app_frame() -> None:
 
 
 _route_through_app_frame()
+
+
+bound_fiftyone_exit_hook(DATABASE_EXIT_TIMEOUT_S)  # the server exits within seconds of SIGTERM
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (library messages are; this keeps the layout if one is not)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def markdown_text(text: str) -> str:
+    """``text`` (a file name or message from outside) for st.markdown, shown as typed: no
+    markup, links or HTML."""
+    return "".join(f"\\{char}" if char in _MARKDOWN_SPECIAL else char for char in str(text))
+
+
+def show_error(error: BaseException) -> None:
+    """Show a failure meant for a person (a ``CurationError`` or ``OSError``) as one line."""
+    st.error(one_line(error))
+
+
+class UnexpectedError(Exception):
+    """What the page shows for a bug: the original type's name, a generic message, no traceback."""
+
+    def __init__(self, error: BaseException):
+        super().__init__("Something went wrong that the app did not expect; the details are in the server log.")
+        self.alternate_name = type(error).__name__  # Streamlit shows this as the exception's type
+
+
+def show_unexpected(error: BaseException) -> None:
+    """Log a bug's traceback on the server; the page shows its type and no details.
+
+    Shown as an exception element (not ``st.error``) so that AppTests still see a crashed
+    page in ``at.exception``; the element is built, never raised, so it carries no traceback.
+    """
+    logger.error("unexpected error while running a page", exc_info=error)
+    st.exception(UnexpectedError(error))
+
+
+@contextmanager
+def errors_shown() -> Iterator[None]:
+    """Run an action whose failure must not end the page: a ``CurationError`` or ``OSError``
+    is shown as one line where the action's output would go, and the page goes on. Anything
+    else propagates to app.py, which logs it."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        show_error(error)
+
 
 SESSION_DEFAULTS = {
     "dataset_name": None,

@@ -5,9 +5,9 @@ import streamlit as st
 
 from curation import datasets as ds
 from curation.embeddings import compute_embeddings
-from curation.importers import FORMATS, DatasetImportError, import_dataset
-from curation.models import DEFAULT_MODEL, MODEL_REGISTRY, ModelUnavailableError, resolve_model
-from pages.common import bump_data_version
+from curation.importers import FORMATS, import_dataset
+from curation.models import DEFAULT_MODEL, MODEL_REGISTRY, resolve_model
+from pages.common import USER_ERRORS, bump_data_version, show_error
 
 st.title("Data")
 
@@ -30,8 +30,8 @@ if submitted:
             with st.spinner(f"Importing {source}…"):
                 report = import_dataset(source.strip(), name.strip(), format=data_format,
                                         label_field=label_field.strip() or ds.DEFAULT_LABEL_FIELD, overwrite=overwrite)
-        except DatasetImportError as error:
-            st.error(str(error))
+        except USER_ERRORS as error:
+            show_error(error)
         else:
             st.success(f"Imported {report.samples:,} samples as **{report.name}** ({report.format}).")
             for warning in report.warnings:
@@ -67,9 +67,9 @@ if st.button("Compute embeddings", type="primary"):
         run = compute_embeddings(dataset, model=spec, device=device,
                                  progress=lambda done, total: bar.progress(done / max(total, 1),
                                                                            text=f"Embedded {done:,} of {total:,}"))
-    except (ModelUnavailableError, FileNotFoundError, ValueError) as error:
+    except USER_ERRORS as error:
         bar.empty()
-        st.error(str(error))
+        show_error(error)
     else:
         bar.progress(1.0, text="Done")
         st.success(f"Embedded {run.embedded:,} new samples with **{run.model}** on {run.device} "

@@ -9,7 +9,7 @@ from curation.finders.base import FinderInputError
 from curation.finders.duplicates import DEFAULT_THRESHOLD, DuplicateConfig, find_duplicates, find_leaks, group_members, leak_pairs
 from curation.images import thumbnail_path
 from curation.plots import precision_recall_figure
-from pages.common import bump_data_version, finder_context, open_page
+from pages.common import bump_data_version, errors_shown, finder_context, open_page
 
 dataset, field = open_page("Duplicates")
 context = finder_context(dataset.name, field, st.session_state["label_field"], dataset.exists(field).count())
@@ -21,12 +21,13 @@ threshold = controls[0].slider("Similarity threshold", 0.80, 1.00, float(calibra
                                help="Pairs at or above this cosine similarity are near duplicates.")
 if controls[1].button("Calibrate on this dataset", help="Embeds edited copies (flip, crop, JPEG, brightness) of 100 "
                       "of its images and picks the threshold that finds them at 95% precision"):
-    with st.spinner("Embedding edited copies of 100 images…"):
-        calibration = calibrate_dataset(dataset, field=field)
-    st.session_state.pop(f"dup_threshold_{field}", None)
-    st.success(f"Calibrated threshold: {calibration.threshold:.3f} (precision {calibration.precision:.2f}, "
-               f"recall {calibration.recall:.2f})")
-    st.rerun()
+    with errors_shown():
+        with st.spinner("Embedding edited copies of 100 images…"):
+            calibration = calibrate_dataset(dataset, field=field)
+        st.session_state.pop(f"dup_threshold_{field}", None)
+        st.success(f"Calibrated threshold: {calibration.threshold:.3f} (precision {calibration.precision:.2f}, "
+                   f"recall {calibration.recall:.2f})")
+        st.rerun()
 
 stored = curation_info(dataset).get("calibration", {}).get(field)
 if stored:
@@ -62,12 +63,13 @@ with tab_groups:
                 head = st.columns([4, 1, 1], vertical_alignment="center")
                 head[0].markdown(f"**Group {group}** · {len(rows)} images")
                 if head[1].button("Apply suggestion", key=f"apply_{group}", help="keep the suggested image, remove the rest"):
-                    record_decision(dataset, list(rows[rows["keep"]]["id"]), "keep", reason=f"near-duplicate group {group}",
-                                    source="duplicates")
-                    record_decision(dataset, list(rows[~rows["keep"]]["id"]), "remove",
-                                    reason=f"near duplicate of a kept image (group {group})", source="duplicates")
-                    bump_data_version()
-                    st.rerun()
+                    with errors_shown():
+                        record_decision(dataset, list(rows[rows["keep"]]["id"]), "keep",
+                                        reason=f"near-duplicate group {group}", source="duplicates")
+                        record_decision(dataset, list(rows[~rows["keep"]]["id"]), "remove",
+                                        reason=f"near duplicate of a kept image (group {group})", source="duplicates")
+                        bump_data_version()
+                        st.rerun()
                 cells = st.columns(6)
                 for position, row in enumerate(rows.head(6).itertuples(index=False)):
                     with cells[position]:
@@ -81,9 +83,10 @@ with tab_groups:
                                                       default=status if status in ("keep", "remove") else None,
                                                       label_visibility="collapsed")
                         if choice and choice != status:
-                            record_decision(dataset, [row.id], choice, reason=f"near-duplicate group {group}",
-                                            source="duplicates")
-                            bump_data_version()
+                            with errors_shown():
+                                record_decision(dataset, [row.id], choice, reason=f"near-duplicate group {group}",
+                                                source="duplicates")
+                                bump_data_version()
                 if len(rows) > 6:
                     st.caption(f"… and {len(rows) - 6} more in this group.")
 

@@ -1,7 +1,6 @@
 """Export: leakage-free balanced splits, curated subsets in training formats, and the relabel round trip."""
 
 import json
-import tempfile
 from pathlib import Path
 
 import streamlit as st
@@ -10,9 +9,10 @@ from curation.decisions import decision_counts
 from curation.export import EXPORT_FORMATS, ViewSpec, build_view, export_dataset
 from curation.paths import default_export_dir
 from curation.plots import split_distribution_bar
-from curation.relabel import export_annotation_task, import_annotations
+from curation.relabel import export_annotation_task
 from curation.splits import BALANCE_MODES, DEFAULT_SPLIT_FIELD, SplitConfig, make_splits, write_splits
-from pages.common import bump_data_version, open_page
+from pages.common import USER_ERRORS, bump_data_version, errors_shown, markdown_text, open_page, show_error
+from pages.relabel_upload import apply_upload, preview_upload
 
 SCORE_FIELDS = {"mislabel_score": "mislabel score", "outlier_score": "outlier score",
                 "nearest_neighbor_similarity": "near-duplicate similarity", "leak_similarity": "leak similarity",
@@ -58,11 +58,12 @@ with splits_tab:
                              use_duplicate_groups=use_groups, balance=balance,
                              cap=int(cap) if balance == "cap" else None,
                              target=(int(target) or None) if balance == "undersample" else None)
-    except ValueError as error:
-        st.error(str(error))
+    except USER_ERRORS as error:
+        show_error(error)
         config = None
     if st.button("Preview split", type="primary", key="sp_preview", disabled=config is None):
-        st.session_state["split_preview"] = (dataset.name, config, make_splits(dataset, label_field, config))
+        with errors_shown():
+            st.session_state["split_preview"] = (dataset.name, config, make_splits(dataset, label_field, config))
     preview = st.session_state.get("split_preview")
     if preview and preview[0] == dataset.name and preview[1] == config:
         result = preview[2]
@@ -79,10 +80,11 @@ with splits_tab:
         split_field = save[0].text_input("Write to field", DEFAULT_SPLIT_FIELD, key="sp_field")
         as_tags = save[1].checkbox("Also as tags", key="sp_tags")
         if save[2].button("Save split to the dataset", key="sp_save"):
-            written = write_splits(dataset, result, field=split_field, tags=as_tags)
-            bump_data_version()
-            st.success(f"Wrote the split of {written:,} samples to field '{split_field}'. "
-                       "Export it on the next tab with that split field.")
+            with errors_shown():
+                written = write_splits(dataset, result, field=split_field, tags=as_tags)
+                bump_data_version()
+                st.success(f"Wrote the split of {written:,} samples to field '{split_field}'. "
+                           "Export it on the next tab with that split field.")
     elif preview:
         st.caption("Settings changed: preview again.")
 
@@ -127,8 +129,8 @@ with export_tab:
             with st.spinner(f"Writing {export_format}…"):
                 report = export_dataset(dataset, out_dir, format=export_format, label_field=label_field, spec=spec,
                                         embeddings_field=field if with_embeddings else None)
-        except (ValueError, FileExistsError, RuntimeError) as error:
-            st.error(str(error))
+        except USER_ERRORS as error:
+            show_error(error)
         else:
             st.session_state["last_export"] = str(report.out_dir)
             st.success(f"Exported {report.samples:,} samples to {report.out_dir} ({report.files:,} files).")
@@ -156,24 +158,29 @@ with relabel_tab:
         if cells[2].button("Export task", disabled=not annotate, key="rl_export", width="stretch"):
             try:
                 task = export_annotation_task(dataset, task_dir, format=tool, label_field=label_field)
-            except (ValueError, FileExistsError) as error:
-                st.error(str(error))
+            except USER_ERRORS as error:
+                show_error(error)
             else:
                 st.success(f"Wrote {task.n_samples} images and {len(task.classes)} classes to {task.out_dir}; "
                            "its README.txt says how to load it.")
         upload = st.file_uploader("Corrected annotations (CVAT annotations.xml or zip, Label Studio JSON)",
                                   type=["xml", "zip", "json"], key="rl_upload")
         if upload is not None:
-            staged = Path(tempfile.mkdtemp(prefix="curation-upload-")) / upload.name
-            staged.write_bytes(upload.getvalue())
-            preview = import_annotations(dataset, staged, label_field=label_field, dry_run=True)
-            st.markdown(f"**{upload.name}**: {preview.summary()}")
-            for problem in preview.problems[:20]:
-                st.warning(problem)
-            if preview.changed:
-                st.dataframe([{"id": i, "old": old, "new": new} for i, old, new in preview.changed], hide_index=True)
-            if st.button("Apply these corrections", type="primary", key="rl_apply",
-                         disabled=not (preview.changed or preview.confirmed)):
-                applied = import_annotations(dataset, staged, label_field=label_field)
-                bump_data_version()
-                st.success(applied.summary())
+            checked = preview_upload(st.session_state, dataset, upload, label_field=label_field,
+                                     data_version=st.session_state["data_version"])
+            if checked.error:
+                st.error(markdown_text(checked.error))
+            else:
+                found = checked.result
+                st.markdown(f"**{markdown_text(checked.name)}**: {markdown_text(found.summary())}")
+                for problem in found.problems[:20]:
+                    st.warning(markdown_text(problem))
+                if found.changed:
+                    st.dataframe([{"id": i, "old": old, "new": new} for i, old, new in found.changed],
+                                 hide_index=True)
+                if st.button("Apply these corrections", type="primary", key="rl_apply",
+                             disabled=not (found.changed or found.confirmed)):
+                    with errors_shown():
+                        applied = apply_upload(dataset, upload, label_field=label_field)
+                        bump_data_version()
+                        st.success(markdown_text(applied.summary()))

@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from curation.analysis import FINDINGS_COLUMNS, AnalysisError, analyze, findings_table
+from curation.analysis import FINDINGS_COLUMNS, analyze, findings_table
 from curation.datasets import curation_info
 from curation.finders import FINDER_REGISTRY
-from pages.common import bump_data_version, open_page
+from pages.common import USER_ERRORS, bump_data_version, open_page, show_error
 
 dataset, field = open_page("Findings")
 
@@ -15,9 +15,9 @@ if st.button("Run analysis", type="primary", disabled=not chosen):
     try:
         report = analyze(dataset, chosen, field=field, label_field=st.session_state["label_field"],
                          progress=lambda name, done, total: bar.progress(done / max(total, 1), text=f"Running {name}…"))
-    except AnalysisError as error:  # no embedded samples: say so instead of a traceback
+    except USER_ERRORS as error:  # e.g. no embedded samples: say so, one line
         bar.empty()
-        st.error(str(error))
+        show_error(error)
         st.stop()
     bar.empty()
     for name, reason in report.errors.items():

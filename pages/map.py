@@ -7,7 +7,7 @@ from curation import datasets as ds
 from curation import mapview
 from curation.plots import scatter_map
 from curation.projection import ClusterConfig, ProjectionConfig
-from pages.common import bump_data_version, clusters, map_points, open_page, show_thumbnails
+from pages.common import USER_ERRORS, bump_data_version, clusters, map_points, open_page, show_error, show_thumbnails
 
 dataset, field = open_page("Map")
 
@@ -51,8 +51,8 @@ clear = tag_columns[3].button("Clear selection", width="stretch")
 if add or remove:
     try:
         count = (ds.tag_samples if add else ds.untag_samples)(dataset, selected, tag)
-    except ValueError as error:
-        st.error(str(error))
+    except USER_ERRORS as error:
+        show_error(error)
     else:
         bump_data_version()
         st.success(f"{'Tagged' if add else 'Untagged'} {count} samples with '{tag.strip()}' (saved in the dataset).")

@@ -2,12 +2,12 @@
 
 import streamlit as st
 
-from curation.analysis import AnalysisError, analyze
+from curation.analysis import analyze
 from curation.datasets import curation_info
 from curation.decisions import apply_relabel, record_decision
 from curation.images import thumbnail_path
 from curation.review import mislabel_queue, sample_previews
-from pages.common import bump_data_version, open_page
+from pages.common import USER_ERRORS, bump_data_version, errors_shown, open_page, show_error
 
 dataset, field = open_page("Suspected mislabels")
 label_field = st.session_state["label_field"]
@@ -27,8 +27,8 @@ if not dataset.has_sample_field("mislabel_score"):
         try:
             with st.spinner("Cross-validating a classifier on the embeddings and checking neighbours…"):
                 analyze(dataset, ["mislabels"], field=field, label_field=label_field)
-        except AnalysisError as error:  # no embedded samples: say so instead of a traceback
-            st.error(str(error))
+        except USER_ERRORS as error:  # e.g. no embedded samples: say so, one line
+            show_error(error)
             st.stop()
         bump_data_version()
         st.rerun()
@@ -78,16 +78,19 @@ for row in view.head(30).itertuples(index=False):
                     previews[position].image(str(thumb), caption=f"neighbour: {neighbour.label}", width="stretch")
         actions = cells[2]
         if actions.button(f"Accept '{row.suggested_label}'", key=f"accept_{row.id}", type="primary", width="stretch"):
-            apply_relabel(dataset, [row.id], row.suggested_label, label_field=label_field,
-                          reason=f"accepted suggestion ({row.mislabel_reason})", source="mislabels")
-            bump_data_version()
-            st.rerun()
+            with errors_shown():
+                apply_relabel(dataset, [row.id], row.suggested_label, label_field=label_field,
+                              reason=f"accepted suggestion ({row.mislabel_reason})", source="mislabels")
+                bump_data_version()
+                st.rerun()
         if actions.button("Send to relabel", key=f"annotate_{row.id}", width="stretch"):
-            record_decision(dataset, [row.id], "annotate", reason=row.mislabel_reason or "", source="mislabels")
-            dataset.select([row.id]).tag_samples("relabel")
-            bump_data_version()
-            st.rerun()
+            with errors_shown():
+                record_decision(dataset, [row.id], "annotate", reason=row.mislabel_reason or "", source="mislabels")
+                dataset.select([row.id]).tag_samples("relabel")
+                bump_data_version()
+                st.rerun()
         if actions.button("Dismiss", key=f"dismiss_{row.id}", width="stretch"):
-            record_decision(dataset, [row.id], "dismiss", reason="label is correct", source="mislabels")
-            bump_data_version()
-            st.rerun()
+            with errors_shown():
+                record_decision(dataset, [row.id], "dismiss", reason="label is correct", source="mislabels")
+                bump_data_version()
+                st.rerun()

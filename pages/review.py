@@ -7,7 +7,7 @@ from curation.decisions import (DECISIONS, accept_suggestions, apply_relabel, de
                                 undo_decision)
 from curation.images import thumbnail_path
 from curation.review import QUEUE_FINDERS, QueueFilter, review_queue
-from pages.common import bump_data_version, open_page
+from pages.common import bump_data_version, errors_shown, open_page
 
 PAGE_SIZE = 20
 FINDER_TITLES = {"mislabels": "suspected mislabel", "duplicates": "near duplicate", "leakage": "split leak",
@@ -26,29 +26,41 @@ label_field = st.session_state["label_field"]
 if not any(dataset.has_sample_field(flag) for flag, _ in QUEUE_FINDERS.values()):
     st.info("No findings yet: run the finders to fill the queue.")
     if st.button("Run all finders", type="primary"):
-        with st.spinner("Running the finders (duplicates, leakage, mislabels, outliers, label next)…"):
-            report = analyze(dataset, field=field, label_field=label_field)
-        st.session_state["review_notes"] = [f"{name} did not run: {reason}"
-                                            for name, reason in {**report.errors, **report.skipped}.items()]
-        bump_data_version()
-        st.rerun()
+        with errors_shown():
+            with st.spinner("Running the finders (duplicates, leakage, mislabels, outliers, label next)…"):
+                report = analyze(dataset, field=field, label_field=label_field)
+            st.session_state["review_notes"] = [f"{name} did not run: {reason}"
+                                                for name, reason in {**report.errors, **report.skipped}.items()]
+            bump_data_version()
+            st.rerun()
     st.stop()
 for note in st.session_state.pop("review_notes", []):  # from the run above, shown once
     st.warning(note)
 
 
 def act(decision: str, ids: list[str], *, reason: str, new_label: str | None = None) -> None:
-    """Record a decision, remember it for undo, and rerun."""
-    if decision == "accept":
-        count = accept_suggestions(dataset, ids, label_field=label_field, source="review")
-    elif decision == "relabel":
-        count = apply_relabel(dataset, ids, new_label, label_field=label_field, reason=reason, source="review")
-    else:
-        count = record_decision(dataset, ids, decision, reason=reason, source="review")
-    st.session_state["review_last"] = {"ids": ids, "decision": decision, "count": count,
-                                       "filters": st.session_state.get("rv_filter_signature")}
-    bump_data_version()
-    st.rerun()
+    """Record a decision, remember it for undo, and rerun (or say in one line why it failed)."""
+    with errors_shown():
+        if decision == "accept":
+            count = accept_suggestions(dataset, ids, label_field=label_field, source="review")
+        elif decision == "relabel":
+            count = apply_relabel(dataset, ids, new_label, label_field=label_field, reason=reason, source="review")
+        else:
+            count = record_decision(dataset, ids, decision, reason=reason, source="review")
+        st.session_state["review_last"] = {"ids": ids, "decision": decision, "count": count,
+                                           "filters": st.session_state.get("rv_filter_signature")}
+        bump_data_version()
+        st.rerun()
+
+
+def undo(ids: list[str], *, forget_last: bool = False) -> None:
+    """Undo the decisions on ``ids`` and rerun (or say in one line why it failed)."""
+    with errors_shown():
+        undo_decision(dataset, ids)
+        if forget_last:
+            st.session_state["review_last"] = None
+        bump_data_version()
+        st.rerun()
 
 
 # ---------------------------------------------------------------- filters
@@ -85,10 +97,7 @@ if last:
     note = st.columns([5, 1], vertical_alignment="center")
     note[0].success(f"{plural(last['count'], 'sample')} {ACTION_WORDS[last['decision']]}. Stored on the samples.")
     if note[1].button("Undo", key="rv_undo_last", width="stretch"):
-        undo_decision(dataset, last["ids"])
-        st.session_state["review_last"] = None
-        bump_data_version()
-        st.rerun()
+        undo(last["ids"], forget_last=True)
 
 if queue.empty:
     st.info("Nothing to review with these filters." + ("" if show_decided else " Decided samples are hidden."))
@@ -134,9 +143,7 @@ for row in queue.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE].itertuples(index
         cells[1].caption(row.reason)
         if isinstance(row.decision, str):
             if cells[2].button("Undo", key=f"rv_undo_{row.id}", width="stretch"):
-                undo_decision(dataset, [row.id])
-                bump_data_version()
-                st.rerun()
+                undo([row.id])
             continue
         # Fixed positions on every card, so a hand moving down the list never hits another action.
         buttons = cells[2].columns(2)
@@ -169,6 +176,4 @@ if recent:
             line[0].markdown(f"`{record.at}` **{record.decision}** {change} · {record.reason or ''} "
                              f"({record.source or 'unknown source'})")
             if line[1].button("Undo", key=f"rv_recent_undo_{record.id}", width="stretch"):
-                undo_decision(dataset, [record.id])
-                bump_data_version()
-                st.rerun()
+                undo([record.id])

@@ -82,7 +82,14 @@ os.environ["FIFTYONE_DATABASE_NAME"] = _SESSION_DIR.name  # "curation-tests-XXXX
 
 @pytest.fixture(scope="session", autouse=True)
 def _drop_session_database():
-    """Drop this session's database at the end, in case it lives in another process's mongod."""
+    """Drop this session's database at the end, in case it lives in another process's mongod.
+
+    FiftyOne's exit hook queries the database after ``pytest_sessionfinish`` has stopped the
+    private mongod; bounded, it gives up in a second instead of waiting 30 s.
+    """
+    from curation.database import bound_fiftyone_exit_hook
+
+    bound_fiftyone_exit_hook()
     yield
     import sys
 

@@ -332,3 +332,18 @@ def test_results_stored_before_run_ids_stay_readable(analysed_clone):
     after = findings_table(dataset)
     assert after["mislabel_score"].tolist() == before["mislabel_score"].tolist()
     assert after["outlier_score"].notna().all()
+
+
+def test_an_info_update_keeps_what_another_process_wrote_meanwhile(analysed_clone):
+    """The app holds a dataset open while `curation analyze` commits its runs in a terminal;
+    the app's next info write (a split, a calibration) must not put the old runs back."""
+    from curation.datasets import curation_info, update_curation_info
+
+    analysed_clone.reload()
+    code = ("import curation; from curation.datasets import load_dataset, update_curation_info;"
+            f"update_curation_info(load_dataset({analysed_clone.name!r}), written_elsewhere='yes')")
+    subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy(), capture_output=True, timeout=120)
+    update_curation_info(analysed_clone, written_here="yes")
+    stored = curation_info(analysed_clone)
+    assert stored["written_elsewhere"] == "yes" and stored["written_here"] == "yes"
+    assert "analysis" in stored  # the rest of the info is intact
