@@ -184,11 +184,20 @@ def build_view(dataset, label_field: str | None, spec: ViewSpec = ViewSpec()):
         if not label_field:
             raise CurationInputError("export: a class filter needs a label field, got none")
         view = view.match(F(f"{label_field}.label").is_in(list(spec.classes)))
+    if spec.max_scores:
+        from curation.analysis import OWNER_OF_FIELD, committed_runs, current_condition
+
+        runs = committed_runs(dataset)
     for name, limit in spec.max_scores:
         require(name, "score", (fo.FloatField, fo.IntField), "a number per sample, such as mislabel_score")
         if not isinstance(limit, numbers.Real) or isinstance(limit, bool) or not np.isfinite(limit):
             raise CurationInputError(f"export: the cut-off for score field {name!r} must be a finite number, got {limit!r}")
-        view = view.match((F(name) == None) | (F(name) < float(limit)))  # noqa: E711
+        keep = (F(name) == None) | (F(name) < float(limit))  # noqa: E711
+        if name in OWNER_OF_FIELD:  # a score of an uncommitted analysis run counts as no score
+            current = current_condition(OWNER_OF_FIELD[name], runs)
+            if current is not None:
+                keep = keep | ~current
+        view = view.match(keep)
     if spec.split_field:
         require(spec.split_field, "split", (fo.StringField,), "text (a split name per sample), such as curation_split")
         view = view.exists(spec.split_field).match(F(spec.split_field) != "")
@@ -385,17 +394,18 @@ def _check_images(view) -> tuple[dict[str, tuple[int, int]], list[tuple[str, str
 
 
 def _manifest_table(view, label_field: str | None, split_field: str | None) -> pd.DataFrame:
-    from curation.analysis import FINDING_FIELDS
+    from curation.analysis import FINDING_FIELDS, current_values
 
     ids, paths, tags = view.values(["id", "filepath", "tags"])
     table = pd.DataFrame({"id": ids, "filepath": paths})
     table["label"] = view.values(f"{label_field}.label") if label_field else None
     table["split"] = view.values(split_field) if split_field else None
     table["tags"] = [",".join(t or []) for t in tags]
-    for name in ("previous_label", "decision", "decision_reason", "decision_source", "decision_at", *FINDING_FIELDS):
-        if name in table:
-            continue
+    for name in ("previous_label", "decision", "decision_reason", "decision_source", "decision_at"):
         table[name] = view.values(name) if view.has_sample_field(name) else None
+    findings = current_values(view, [name for name in FINDING_FIELDS if name not in table])  # committed runs only
+    for name, values in findings.items():
+        table[name] = values
     return table
 
 

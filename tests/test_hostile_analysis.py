@@ -347,3 +347,26 @@ def test_an_info_update_keeps_what_another_process_wrote_meanwhile(analysed_clon
     stored = curation_info(analysed_clone)
     assert stored["written_elsewhere"] == "yes" and stored["written_here"] == "yes"
     assert "analysis" in stored  # the rest of the info is intact
+
+
+def test_exports_read_only_committed_scores(analysed_clone, tmp_path):
+    """A score left by a killed run neither appears in the export manifest nor decides a
+    ``max_scores`` cut-off (it counts as no score, like a sample the finder never saw)."""
+    import pandas as pd
+
+    from curation.analysis import RUN_FIELD
+    from curation.export import ViewSpec, export_dataset
+
+    dataset = analysed_clone
+    stale = dataset.values("id")[:2]
+    for sample_id in stale:
+        sample = dataset[sample_id]
+        sample[RUN_FIELD] = {**sample[RUN_FIELD], "outliers": "killed-run"}
+        sample["outlier_score"] = 0.99
+        sample.save()
+    export_dataset(dataset, tmp_path / "out", format="csv", label_field="ground_truth",
+                   spec=ViewSpec(max_scores=(("outlier_score", 0.5),)))
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv").set_index("id")
+    assert set(stale) <= set(manifest.index)  # kept: their 0.99 is not a committed score
+    assert manifest.loc[stale, "outlier_score"].isna().all()
+    assert (manifest["outlier_score"].dropna() < 0.5).all()
