@@ -328,7 +328,8 @@ def start_mongod(work: Path):
 def evaluate(name: str, args, embedder: CachingEmbedder) -> dict:
     from curation.finders.base import FinderContext
     from curation.finders.calibration import calibrate_threshold
-    from curation.finders.duplicates import DuplicateConfig, find_duplicates, find_leaks
+    from curation.finders.duplicates import DuplicateConfig, find_duplicates
+    from curation.finders.leakage import find_leaks
     from curation.finders.verification import (DEFAULT_FEATURES, FEATURE_NAMES, candidate_pairs, collect_calibration_pairs,
                                                compute_signatures, find_verified_duplicates, find_verified_leaks,
                                                fit_verifier, verified_pairs)

@@ -144,7 +144,8 @@ def child_prep(work: Path, record: Recorder) -> None:
 def child_ours(work: Path, record: Recorder, k: int) -> None:
     sys.path.insert(0, str(ROOT))
     from curation.finders.base import FinderContext
-    from curation.finders.duplicates import DuplicateConfig, find_duplicates, find_leaks
+    from curation.finders.duplicates import DuplicateConfig, find_duplicates
+    from curation.finders.leakage import find_leaks
     from curation.finders.mislabels import find_mislabels
     from curation.finders.outliers import find_outliers
     from curation.neighbors import compute_neighbors

@@ -13,13 +13,14 @@ to leave new scores beside old flags and the info of the old run. Now:
 
 1. Every sample receives all of this run's fields in one update, which MongoDB applies
    atomically per document, together with a stamp ``analysis_run.<owner> = <run id>`` for
-   each owner whose fields it carries (a finder, or ``cluster``; :data:`FIELDS_BY_OWNER`
+   each owner whose fields it carries (a finder, or ``cluster``; :func:`fields_by_owner`
    gives every field exactly one owner).
 2. After the last sample, one write of the dataset document commits the run:
    ``info["curation"]["analysis"]["runs"]`` maps each owner to the run id of its results,
    beside the summaries and settings of that same run.
-3. Readers count an owner's fields on a sample only when the sample's stamp equals the
-   committed run id (:func:`current_values`, :func:`current_condition`; used by
+3. Readers ignore an owner's fields on a sample stamped by any run other than the
+   committed one (values without a stamp, written outside ``analyze``, are read as stored;
+   :func:`current_values`, :func:`current_condition`; used by
    :func:`findings_table`, the queues and status in :mod:`curation.review` and
    :func:`curation.decisions.accept_suggestions`). The committed ids are read from the
    database on each call (:func:`committed_runs`), so a process holding an older copy of
@@ -61,7 +62,7 @@ import pandas as pd
 from curation.datasets import curation_info, default_label_field, label_fields, now_iso, update_curation_info
 from curation.embeddings import default_embedding_field, load_embeddings
 from curation.errors import CurationError, CurationInputError, MissingFieldError
-from curation.finders import FINDER_REGISTRY, UnknownFinderError, get_finder
+from curation.finders import FINDER_REGISTRY, UnknownFinderError, finder_specs, get_spec
 from curation.finders.base import FinderContext, FinderInputError, FinderResult
 from curation.projection import ClusterConfig, compute_clusters, normalize_rows
 
@@ -71,32 +72,72 @@ SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "va
                "test": "test", "testing": "test"}
 DEFAULT_NEIGHBORS = 15
 
-# The public findings contract: one row per sample, these columns, in this order.
-FINDINGS_COLUMNS = [
-    "id", "filepath", "split", "label", "mislabel_score", "suggested_label", "near_duplicate_group",
-    "nearest_neighbor_filepath", "nearest_neighbor_similarity", "leak_filepath", "leak_similarity",
-    "outlier_score", "uncertainty_score", "cluster",
-]
-# Sample fields written by analyze (the findings columns that are not already sample data).
-FINDING_FIELDS = FINDINGS_COLUMNS[4:]
+# What the product knows about each finder lives in its spec (:class:`~curation.finders.base.FinderSpec`);
+# everything below is derived from the registered specs at call time, so a finder registered
+# later (one module plus one registry line) is written, read, exported and queued like the others.
 
-# Who writes which sample field, and the field's type. Every field has exactly one owner, so
-# a run of one finder never overwrites another's results (``uncertainty_score`` is the
-# label-next finder's: defined for unlabelled samples too).
-FIELDS_BY_OWNER = {
-    "mislabels": {"mislabel_score": "float", "suggested_label": "str", "suggested_confidence": "float",
-                  "mislabel_reason": "str", "mislabel_disagreeing_ids": "list", "mislabel_flag": "bool"},
-    "duplicates": {"near_duplicate_group": "int", "nearest_neighbor_filepath": "str", "nearest_neighbor_similarity": "float",
-                   "duplicate_flag": "bool", "duplicate_keeper": "bool"},
-    "leakage": {"leak_filepath": "str", "leak_similarity": "float", "leak_flag": "bool"},
-    "outliers": {"outlier_score": "float", "outlier_flag": "bool"},
-    "label_next": {"uncertainty_score": "float", "label_next_rank": "int", "label_next_flag": "bool"},
-    "cluster": {"cluster": "int"},
-}
-OWNER_OF_FIELD = {name: owner for owner, fields in FIELDS_BY_OWNER.items() for name in fields}
-# Per finder, the boolean sample field that says "this finder flags the sample" (its ``is_issue``).
-FLAG_FIELDS = {"mislabels": "mislabel_flag", "duplicates": "duplicate_flag", "leakage": "leak_flag",
-               "outliers": "outlier_flag", "label_next": "label_next_flag"}
+# The public findings contract: one row per sample, these leading columns, then each finder's
+# ``findings_columns`` in registry order (contract version 1), ``cluster``, then the columns
+# of finders added in later versions. ``findings_columns()`` == the list in the README.
+LEADING_FINDINGS_COLUMNS = ("id", "filepath", "split", "label")
+# Fields analyze writes that no finder owns: the k-means region of each sample.
+CLUSTER_FIELDS = {"cluster": "int"}
+
+
+def findings_columns() -> list[str]:
+    """The findings CSV columns, in order (see the README's "Findings CSV contract")."""
+    specs = finder_specs()
+    first = [c for spec in specs if spec.findings_version <= 1 for c in spec.findings_columns]
+    later = [c for spec in sorted((s for s in specs if s.findings_version > 1), key=lambda s: s.findings_version)
+             for c in spec.findings_columns]
+    return [*LEADING_FINDINGS_COLUMNS, *first, *CLUSTER_FIELDS, *later]
+
+
+def finding_fields() -> list[str]:
+    """Sample fields of the findings contract that analyze writes (the columns that are not sample data)."""
+    return findings_columns()[len(LEADING_FINDINGS_COLUMNS):]
+
+
+def fields_by_owner() -> dict[str, dict[str, str]]:
+    """{owner: {sample field: kind}} for every field analyze writes: each finder's spec fields,
+    and ``cluster``. Every field has exactly one owner, so a run of one finder never
+    overwrites another's results.
+
+    Raises:
+        ValueError: two finders declare the same field.
+    """
+    owners = {spec.name: spec.field_kinds for spec in finder_specs()}
+    owners["cluster"] = dict(CLUSTER_FIELDS)
+    seen: dict[str, str] = {}
+    for owner, fields in owners.items():
+        for name in fields:
+            if name in seen:
+                raise ValueError(f"sample field {name!r} is declared by both {seen[name]!r} and {owner!r}")
+            seen[name] = owner
+    return owners
+
+
+def owner_of_field() -> dict[str, str]:
+    """{sample field: owner}, the inverse of :func:`fields_by_owner`."""
+    return {name: owner for owner, fields in fields_by_owner().items() for name in fields}
+
+
+def flag_fields() -> dict[str, str]:
+    """{finder: its boolean "this is an issue" sample field}."""
+    return {spec.name: spec.flag_field for spec in finder_specs()}
+
+
+# The former constants, kept for readers that import them: computed from the specs on access.
+_DERIVED = {"FINDINGS_COLUMNS": findings_columns, "FINDING_FIELDS": finding_fields, "FIELDS_BY_OWNER": fields_by_owner,
+            "OWNER_OF_FIELD": owner_of_field, "FLAG_FIELDS": flag_fields}
+
+
+def __getattr__(name: str):
+    if name in _DERIVED:
+        return _DERIVED[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # Per sample: {owner: id of the run that wrote the owner's fields on this sample}.
 RUN_FIELD = "analysis_run"
 # A committed "run" for results stored before run ids existed: read samples without a stamp.
@@ -244,8 +285,8 @@ def build_context(dataset, *, field: str | None = None, label_field: str | None 
     return FinderContext(
         ids=np.array(ids, dtype=object), embeddings=embeddings, filepaths=np.array(view.values("filepath"), dtype=object),
         neighbor_indices=graph.indices, neighbor_similarities=graph.similarities, labels=labels,
-        splits=splits, model_name=model,
-        extras={"embedding_field": field, "label_field": label_field, "split_source": describe_split_source(source)},
+        splits=splits, model_name=model, embedding_field=field, label_field=label_field,
+        split_source=describe_split_source(source),
     )
 
 
@@ -274,23 +315,22 @@ def check_finder_names(names: list[str] | None) -> list[str]:
 
 def run_finders(context: FinderContext, names: list[str] | None = None, *, configs: dict | None = None,
                 progress: Callable[[str, int, int], None] | None = None) -> AnalysisReport:
-    """Run each finder; a failure is recorded in ``errors`` and the rest still run."""
+    """Run each finder; a failure is recorded in ``errors`` and the rest still run; a finder
+    whose requirements (its spec's ``requires``) the context does not meet, or that refuses
+    its input, is recorded in ``skipped``."""
     names = check_finder_names(names)
     configs = configs or {}
     report = AnalysisReport()
     for position, name in enumerate(names):
         if progress:
             progress(name, position, len(names))
-        if name == "leakage" and context.splits is None:
-            report.skipped[name] = ("no splits: no split field named, none written by `curation split`, "
-                                    "no `split` field, no train/val/test tags")
-            continue
-        if name == "mislabels" and context.labels is None:
-            report.skipped[name] = "no label field"
+        spec = get_spec(name)
+        missing = spec.missing_requirement(context)
+        if missing:
+            report.skipped[name] = missing
             continue
         try:
-            finder = get_finder(name)
-            report.results[name] = finder(context, configs[name]) if name in configs else finder(context)
+            report.results[name] = spec.run(context, configs.get(name))
         except FinderInputError as error:
             report.skipped[name] = str(error)
         except Exception as error:  # one finder failing must not stop the others; the reason is kept
@@ -299,13 +339,6 @@ def run_finders(context: FinderContext, names: list[str] | None = None, *, confi
     if progress:
         progress("done", len(names), len(names))
     return report
-
-
-def _column(result: FinderResult | None, column: str, ids: np.ndarray):
-    if result is None or column not in result.table:
-        return [None] * len(ids)
-    values = result.table[column].reindex(ids)
-    return [None if (isinstance(v, float) and np.isnan(v)) else v for v in values.tolist()]
 
 
 def _jsonable(value):
@@ -340,39 +373,19 @@ def _ensure_field(dataset, name: str, kind: str) -> None:
 
 
 def _finding_values(context: FinderContext, report: AnalysisReport, n_clusters: int) -> dict[str, list]:
-    """Per sample field written by this run, its values aligned with ``context.ids``."""
-    ids = context.ids
-    row_of = {sample_id: row for row, sample_id in enumerate(ids)}
-    results = report.results
-    filepath = lambda sample_id: None if sample_id is None else context.filepaths[row_of[sample_id]]  # noqa: E731
+    """Per sample field written by this run (the fields of each finder that ran, from its
+    spec, and ``cluster``), its values aligned with ``context.ids``."""
     values: dict[str, list] = {}
-    if "mislabels" in results:
-        values["mislabel_score"] = _column(results["mislabels"], "score", ids)
-        values["suggested_label"] = _column(results["mislabels"], "suggested_label", ids)
-        values["suggested_confidence"] = _column(results["mislabels"], "suggested_confidence", ids)
-        values["mislabel_reason"] = _column(results["mislabels"], "reason", ids)
-        values["mislabel_disagreeing_ids"] = [list(v) if v is not None else None
-                                              for v in _column(results["mislabels"], "disagreeing_neighbors", ids)]
-    if "duplicates" in results:
-        groups = _column(results["duplicates"], "near_duplicate_group", ids)
-        values["near_duplicate_group"] = [None if (g is None or g < 0) else int(g) for g in groups]
-        values["nearest_neighbor_filepath"] = [filepath(i) for i in _column(results["duplicates"], "nearest_neighbor_id", ids)]
-        values["nearest_neighbor_similarity"] = _column(results["duplicates"], "nearest_neighbor_similarity", ids)
-    if "leakage" in results:
-        values["leak_filepath"] = [filepath(i) for i in _column(results["leakage"], "leak_id", ids)]
-        values["leak_similarity"] = _column(results["leakage"], "leak_similarity", ids)
-    if "outliers" in results:
-        values["outlier_score"] = _column(results["outliers"], "score", ids)
-    if "label_next" in results:
-        values["uncertainty_score"] = _column(results["label_next"], "score", ids)
-        values["label_next_rank"] = [None if r is None else int(r) for r in _column(results["label_next"], "label_next_rank", ids)]
-    for name, result in results.items():
-        if name in FLAG_FIELDS:
-            values[FLAG_FIELDS[name]] = [bool(v) for v in _column(result, "is_issue", ids)]
-    if "duplicates" in results:
-        in_group = [g is not None for g in values["near_duplicate_group"]]
-        keep = _column(results["duplicates"], "keep", ids)
-        values["duplicate_keeper"] = [bool(k) if member else None for k, member in zip(keep, in_group)]
+    for spec in finder_specs():
+        result = report.results.get(spec.name)
+        if result is None:
+            continue
+        for finding in spec.fields:
+            column = finding.values(result, context)
+            if len(column) != len(context.ids):
+                raise AnalysisError(f"finder {spec.name!r}: field {finding.name!r} has {len(column)} values "
+                                    f"for {len(context.ids)} samples")
+            values[finding.name] = column
     values["cluster"] = compute_clusters(context.embeddings, ClusterConfig(n_clusters=n_clusters)).tolist()
     return {name: [v.item() if isinstance(v, np.generic) else v for v in column] for name, column in values.items()}
 
@@ -406,7 +419,8 @@ def _write_samples(dataset, ids: np.ndarray, values: dict[str, list], run_id: st
     pause = _write_pause()
     stamps = {owner: run_id for owner in done}
     run_stamps = {"$mergeObjects": [{"$ifNull": [f"${RUN_FIELD}", {}]}, {"$literal": stamps}]}
-    removed = [name for owner in cleared for name in FIELDS_BY_OWNER[owner]] + [f"{RUN_FIELD}.{owner}" for owner in cleared]
+    owners = fields_by_owner()
+    removed = [name for owner in cleared for name in owners[owner]] + [f"{RUN_FIELD}.{owner}" for owner in cleared]
     touch = {"last_modified_at": "$$NOW"} if dataset.has_sample_field("last_modified_at") else {}
     columns = list(values.items())
     for start in range(0, len(ids), WRITE_BATCH_SIZE):
@@ -433,10 +447,11 @@ def write_findings(dataset, context: FinderContext, report: AnalysisReport, *, n
     summary is dropped too; ``errors`` and ``skipped`` say why).
     """
     values = _finding_values(context, report, n_clusters)
-    done = [owner for owner in FIELDS_BY_OWNER if owner in report.results] + ["cluster"]
-    cleared = [name for name in FIELDS_BY_OWNER if name in report.errors or name in report.skipped]
+    owners = fields_by_owner()
+    done = [owner for owner in owners if owner in report.results] + ["cluster"]
+    cleared = [name for name in owners if name in report.errors or name in report.skipped]
     for owner in done:
-        for name, kind in FIELDS_BY_OWNER[owner].items():
+        for name, kind in owners[owner].items():
             _ensure_field(dataset, name, kind)
     _ensure_field(dataset, RUN_FIELD, "dict")
     run_id = uuid.uuid4().hex
@@ -452,15 +467,15 @@ def write_findings(dataset, context: FinderContext, report: AnalysisReport, *, n
         runs = {owner: run for owner, run in previous["runs"].items() if owner not in replaced}
     else:  # results stored before run ids: they stay readable as they are
         runs = {owner: UNSTAMPED for owner in [*previous.get("summaries", {}), "cluster"] if previous
-                and owner in FIELDS_BY_OWNER and owner not in replaced}
+                and owner in owners and owner not in replaced}
     runs.update(dict.fromkeys(done, run_id))
     kept = lambda key: {k: v for k, v in previous.get(key, {}).items() if k not in replaced}  # noqa: E731
     update_curation_info(dataset, analysis={
         "updated_at": now_iso(),
         "run_id": run_id,
-        "embedding_field": context.extras.get("embedding_field"),
-        "label_field": context.extras.get("label_field"),
-        "split_source": context.extras.get("split_source"),
+        "embedding_field": context.embedding_field,
+        "label_field": context.label_field,
+        "split_source": context.split_source,
         "summaries": {**kept("summaries"), **{name: result.summary for name, result in report.results.items()}},
         "settings": {**kept("settings"), **{name: _jsonable(result.info) for name, result in report.results.items()}},
         "runs": runs,
@@ -472,42 +487,48 @@ def write_findings(dataset, context: FinderContext, report: AnalysisReport, *, n
 
 def committed_runs(collection) -> dict[str, str] | None:
     """``{owner: run id}`` of the results readers may show, read from the database now (not
-    from this process's copy of the dataset); None when results carry no run ids (never
-    analysed, or analysed before run ids existed): then every stored value counts."""
+    from this process's copy of the dataset); ``{}`` when a first run stamped samples but was
+    never committed; None when results carry no run ids (never analysed, or analysed before
+    run ids existed): then every stored value counts."""
     from fiftyone.core.odm import get_db_conn
 
     dataset = collection._root_dataset
     stored = get_db_conn().datasets.find_one({"_id": dataset._doc.id}, {"info": 1})
     info = (stored or {}).get("info") if stored is not None else dataset.info
     runs = ((info or {}).get("curation", {}) or {}).get("analysis", {}).get("runs")
-    return dict(runs) if isinstance(runs, dict) else None
+    if isinstance(runs, dict):
+        return dict(runs)
+    # Stamps but no commit: the first analyze was killed; its stamped values are not shown.
+    return {} if dataset.has_sample_field(RUN_FIELD) else None
 
 
 def has_results(owner: str, runs: dict[str, str] | None) -> bool:
-    """Whether readers may show any result of ``owner`` under ``runs`` (see :func:`committed_runs`)."""
+    """Whether ``owner`` has results readers may show under ``runs`` (see :func:`committed_runs`):
+    always without run ids, otherwise only when the owner has a committed run."""
     return runs is None or runs.get(owner) is not None
 
 
 def current_condition(owner: str, runs: dict[str, str] | None):
-    """A FiftyOne expression matching samples whose ``owner`` fields belong to the committed
-    run; None when nothing needs checking (``runs`` is None). Check :func:`has_results` first."""
+    """A FiftyOne expression matching samples whose ``owner`` fields may be read: stamped by
+    the committed run, or not stamped at all (written outside ``analyze``); None when nothing
+    needs checking (``runs`` is None). Samples stamped by another run (one that was killed
+    before its commit) do not match."""
     from fiftyone import ViewField as F
 
     if runs is None:
         return None
     expected = runs.get(owner)
     stamp = F(f"{RUN_FIELD}.{owner}")
-    return stamp.exists(False) if expected == UNSTAMPED else stamp == expected
+    if expected is None or expected == UNSTAMPED:
+        return stamp.exists(False)
+    return stamp.exists(False) | (stamp == expected)
 
 
 def _is_current(stamps: dict | None, owner: str, runs: dict[str, str] | None) -> bool:
     if runs is None:
         return True
-    expected = runs.get(owner)
     actual = (stamps or {}).get(owner)
-    if expected == UNSTAMPED:
-        return actual is None
-    return expected is not None and actual == expected
+    return actual is None or actual == runs.get(owner)
 
 
 def current_values(collection, fields: list[str], runs: dict[str, str] | None | bool = True) -> dict[str, list]:
@@ -521,14 +542,15 @@ def current_values(collection, fields: list[str], runs: dict[str, str] | None | 
     if runs is True:
         runs = committed_runs(collection)
     present = [name for name in dict.fromkeys(fields) if collection.has_sample_field(name)]
-    owned = [name for name in present if name in OWNER_OF_FIELD]
+    owner_of = owner_of_field()
+    owned = [name for name in present if name in owner_of]
     read = present + ([RUN_FIELD] if owned and runs is not None and collection.has_sample_field(RUN_FIELD) else [])
     columns = dict(zip(read, collection.values(read))) if read else {}
     count = len(next(iter(columns.values()))) if columns else collection.count()
     if owned and runs is not None:
         stamps = columns.pop(RUN_FIELD, [None] * count)
         for name in owned:
-            owner = OWNER_OF_FIELD[name]
+            owner = owner_of[name]
             columns[name] = [value if _is_current(stamp, owner, runs) else None
                              for value, stamp in zip(columns[name], stamps)]
     return {name: columns.get(name, [None] * count) for name in fields}
@@ -553,6 +575,12 @@ def ensure_pixel_digests(dataset, ids: list[str]) -> list[str | None]:
     return [value or None for value in values]
 
 
+# What analyze can fill into the context for finders that declare it in ``context_needs``.
+CONTEXT_LOADERS: dict[str, Callable] = {
+    "pixel_digests": lambda dataset, context: ensure_pixel_digests(dataset, list(context.ids)),
+}
+
+
 def analyze(dataset, finders: list[str] | None = None, *, field: str | None = None, label_field: str | None = None,
             split_field: str | None = None, configs: dict | None = None,
             progress: Callable[[str, int, int], None] | None = None) -> AnalysisReport:
@@ -563,17 +591,18 @@ def analyze(dataset, finders: list[str] | None = None, *, field: str | None = No
         AnalysisError, MissingFieldError, CurationInputError, FinderInputError: see
             :func:`build_context`.
     """
-    from curation.finders.duplicates import DEFAULT_THRESHOLD, DuplicateConfig
-
     finders = check_finder_names(finders)
     _write_pause()  # a bad test-hook value fails now, not after the finders ran
     context = build_context(dataset, field=field, label_field=label_field, split_field=split_field)
     configs = dict(configs or {})
-    threshold = stored_threshold(dataset, context.extras["embedding_field"])
-    for name in ("duplicates", "leakage"):
-        configs.setdefault(name, DuplicateConfig(threshold=threshold or DEFAULT_THRESHOLD))
-    if "duplicates" in finders:
-        context.extras["pixel_digests"] = ensure_pixel_digests(dataset, list(context.ids))
+    specs = [get_spec(name) for name in finders]
+    for spec in specs:  # a finder's settings for this dataset (e.g. the calibrated threshold)
+        if spec.dataset_config is not None and spec.name not in configs:
+            configs[spec.name] = spec.dataset_config(dataset, context)
+    for need in dict.fromkeys(need for spec in specs for need in spec.context_needs):
+        if need not in CONTEXT_LOADERS:
+            raise AnalysisError(f"a finder needs {need!r}, which analyze cannot provide; it can: {', '.join(CONTEXT_LOADERS)}")
+        setattr(context, need, CONTEXT_LOADERS[need](dataset, context))
     report = run_finders(context, finders, configs=configs, progress=progress)
     report.run_id = write_findings(dataset, context, report)
     return report
@@ -597,9 +626,9 @@ def findings_table(dataset, label_field: str | None = None, split_field: str | N
     splits = split_values(dataset, ids, split_field)
     table["split"] = splits if splits is not None else None
     table["label"] = dataset.values(f"{label_field}.label") if label_field and dataset.has_sample_field(label_field) else None
-    for name, column in current_values(dataset, FINDING_FIELDS).items():
+    for name, column in current_values(dataset, finding_fields()).items():
         table[name] = column
-    return table[FINDINGS_COLUMNS]
+    return table[findings_columns()]
 
 
 def write_findings_csv(dataset, path, *, split_field: str | None = None) -> int:
@@ -643,7 +672,7 @@ def calibrate_dataset(dataset, *, field: str | None = None, sample_size: int = 1
             or not 0 < target_precision <= 1:
         raise CurationInputError(f"target_precision: expected a number in (0, 1], got {target_precision!r}")
     context = build_context(dataset, field=field)
-    field = context.extras["embedding_field"]
+    field = context.embedding_field
     run = curation_info(dataset).get("embeddings", {}).get(field, {})
     if "model_spec" not in run:
         raise AnalysisError(f"no record of the model behind {field!r}; re-run `curation embed --dataset {dataset.name}`")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from curation.finders.base import FinderContext, FinderInputError
-from curation.finders.classifier import compute_out_of_fold_predictions, label_mask, usable_rows
+from curation.finders.classifier import label_mask, usable_rows
 from curation.projection import ClusterConfig, compute_clusters
 
 
@@ -75,9 +75,7 @@ def compute_balance(context: FinderContext, *, min_share: float = 0.05, n_cluste
         not_checked = ("Too few samples to cross-validate a classifier: per-class accuracy and confusion need a class "
                        f"with at least 2 samples that have a usable embedding (samples per class: {sizes}).")
     else:
-        predictions = context.extras.get("out_of_fold") or compute_out_of_fold_predictions(
-            context.embeddings, context.labels, seed=seed, sample_keys=[str(i) for i in context.ids])
-        context.extras["out_of_fold"] = predictions
+        predictions = context.out_of_fold(seed=seed)  # the fit the mislabel and label-next finders share
         given = np.array([str(label) for label in context.labels[predictions.labelled]], dtype=object)
         predicted = np.array(predictions.classes, dtype=object)[predictions.pred_probs.argmax(axis=1)]
         checkable = predictions.checkable

@@ -185,16 +185,16 @@ def build_view(dataset, label_field: str | None, spec: ViewSpec = ViewSpec()):
             raise CurationInputError("export: a class filter needs a label field, got none")
         view = view.match(F(f"{label_field}.label").is_in(list(spec.classes)))
     if spec.max_scores:
-        from curation.analysis import OWNER_OF_FIELD, committed_runs, current_condition
+        from curation.analysis import committed_runs, current_condition, owner_of_field
 
-        runs = committed_runs(dataset)
+        runs, owner_of = committed_runs(dataset), owner_of_field()
     for name, limit in spec.max_scores:
         require(name, "score", (fo.FloatField, fo.IntField), "a number per sample, such as mislabel_score")
         if not isinstance(limit, numbers.Real) or isinstance(limit, bool) or not np.isfinite(limit):
             raise CurationInputError(f"export: the cut-off for score field {name!r} must be a finite number, got {limit!r}")
         keep = (F(name) == None) | (F(name) < float(limit))  # noqa: E711
-        if name in OWNER_OF_FIELD:  # a score of an uncommitted analysis run counts as no score
-            current = current_condition(OWNER_OF_FIELD[name], runs)
+        if name in owner_of:  # a score of an uncommitted analysis run counts as no score
+            current = current_condition(owner_of[name], runs)
             if current is not None:
                 keep = keep | ~current
         view = view.match(keep)
@@ -394,7 +394,7 @@ def _check_images(view) -> tuple[dict[str, tuple[int, int]], list[tuple[str, str
 
 
 def _manifest_table(view, label_field: str | None, split_field: str | None) -> pd.DataFrame:
-    from curation.analysis import FINDING_FIELDS, current_values
+    from curation.analysis import current_values, finding_fields
 
     ids, paths, tags = view.values(["id", "filepath", "tags"])
     table = pd.DataFrame({"id": ids, "filepath": paths})
@@ -403,7 +403,7 @@ def _manifest_table(view, label_field: str | None, split_field: str | None) -> p
     table["tags"] = [",".join(t or []) for t in tags]
     for name in ("previous_label", "decision", "decision_reason", "decision_source", "decision_at"):
         table[name] = view.values(name) if view.has_sample_field(name) else None
-    findings = current_values(view, [name for name in FINDING_FIELDS if name not in table])  # committed runs only
+    findings = current_values(view, [name for name in finding_fields() if name not in table])  # committed runs only
     for name, values in findings.items():
         table[name] = values
     return table

@@ -7,7 +7,6 @@ rewritten by an ``analyze`` that did not finish are not listed for that finder.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -51,22 +50,44 @@ def sample_previews(dataset, sample_ids: list[str], label_field: str | None) -> 
     return pd.DataFrame({"id": values[0], "filepath": values[1], "label": values[2] if label_field else None})
 
 
-# The finders that feed the review queue, in display order, with the score that ranks a
-# flagged sample within each (all in [0, 1], higher = more likely a problem).
-QUEUE_FINDERS = {
-    "mislabels": ("mislabel_flag", "mislabel_score"),
-    "duplicates": ("duplicate_flag", "nearest_neighbor_similarity"),
-    "leakage": ("leak_flag", "leak_similarity"),
-    "outliers": ("outlier_flag", "outlier_score"),
-    "label_next": ("label_next_flag", "uncertainty_score"),
-}
-# How much a finder's score counts in the priority. Mislabels, duplicates and leaks are
-# problems; an outlier may be fine; a label-next proposal is advice, so on its own it never
-# outranks a confident finding (label-next uncertainty is often ~1 on labelled data).
-QUEUE_WEIGHTS = {"mislabels": 1.0, "duplicates": 1.0, "leakage": 1.0, "outliers": 0.8, "label_next": 0.5}
-QUEUE_COLUMNS = ["id", "filepath", "label", "suggested_label", "priority", "finders", "reason", "mislabel_score",
-                 "nearest_neighbor_similarity", "leak_similarity", "outlier_score", "uncertainty_score", "decision",
-                 "tags", "cluster"]
+# The review queue iterates the registered finder specs: each gives its flag field, the score
+# that ranks a flagged sample (in [0, 1], higher = more likely a problem), the weight of that
+# score in the priority (mislabels, duplicates and leaks are problems; an outlier may be fine;
+# a label-next proposal is advice, so on its own it never outranks a confident finding) and
+# how to say why in words.
+QUEUE_LEADING_COLUMNS = ["id", "filepath", "label", "suggested_label", "priority", "finders", "reason"]
+QUEUE_TRAILING_COLUMNS = ["decision", "tags", "cluster"]
+
+
+def queue_finders() -> dict[str, tuple[str, str]]:
+    """{finder: (flag field, score field)} in registry (display) order."""
+    from curation.finders import finder_specs
+
+    return {spec.name: (spec.flag_field, spec.queue_score) for spec in finder_specs()}
+
+
+def queue_weights() -> dict[str, float]:
+    """{finder: weight of its score in the queue's priority}."""
+    from curation.finders import finder_specs
+
+    return {spec.name: spec.queue_weight for spec in finder_specs()}
+
+
+def queue_columns() -> list[str]:
+    """The review queue's columns: fixed ones, then each finder's ranking score."""
+    from curation.finders import finder_specs
+
+    scores = list(dict.fromkeys(spec.queue_score for spec in finder_specs()))
+    return QUEUE_LEADING_COLUMNS + scores + QUEUE_TRAILING_COLUMNS
+
+
+_DERIVED = {"QUEUE_FINDERS": queue_finders, "QUEUE_WEIGHTS": queue_weights, "QUEUE_COLUMNS": queue_columns}
+
+
+def __getattr__(name: str):  # the former constants, computed from the specs on access
+    if name in _DERIVED:
+        return _DERIVED[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _flagged(name: str, runs: dict[str, str] | None):
@@ -75,7 +96,9 @@ def _flagged(name: str, runs: dict[str, str] | None):
 
     from curation.analysis import current_condition
 
-    flag = F(QUEUE_FINDERS[name][0]) == True  # noqa: E712
+    from curation.finders import get_spec
+
+    flag = F(get_spec(name).flag_field) == True  # noqa: E712
     condition = current_condition(name, runs)
     return flag if condition is None else flag & condition
 
@@ -93,28 +116,17 @@ class QueueFilter:
 
 
 def _reason(row: dict, flagged: list[str]) -> str:
-    parts = []
-    for name in flagged:
-        if name == "mislabels":
-            parts.append(row.get("mislabel_reason") or f"mislabel score {row['mislabel_score']:.2f}")
-        elif name == "duplicates":
-            parts.append(f"near duplicate of {Path(row['nearest_neighbor_filepath'] or '?').name} "
-                         f"(similarity {row['nearest_neighbor_similarity']:.3f}), not the suggested keeper")
-        elif name == "leakage":
-            parts.append(f"same image in another split: {Path(row['leak_filepath'] or '?').name} "
-                         f"(similarity {row['leak_similarity']:.3f})")
-        elif name == "outliers":
-            parts.append(f"far from everything (outlier score {row['outlier_score']:.2f})")
-        elif name == "label_next":
-            parts.append(f"worth labelling next (uncertainty {row['uncertainty_score']:.2f})")
-    return "; ".join(parts)
+    """Why the row is in the queue: each flagging finder's ``describe``, joined."""
+    from curation.finders import get_spec
+
+    return "; ".join(get_spec(name).describe(row) for name in flagged)
 
 
 def review_queue(dataset, label_field: str | None, queue_filter: QueueFilter = QueueFilter()) -> pd.DataFrame:
     """Every sample some finder flags, merged into one ranked queue.
 
     ``priority`` combines the scores of the finders that flag a sample as a noisy-OR,
-    ``1 - prod(1 - weight * score)`` (:data:`QUEUE_WEIGHTS`): one strong finding ranks
+    ``1 - prod(1 - weight * score)`` (each spec's ``queue_weight``): one strong finding ranks
     high, and agreeing finders rank a sample above any of them alone. ``finders`` lists who flagged it; ``reason`` says why in
     words. Undecided samples only unless ``include_decided``.
 
@@ -123,20 +135,23 @@ def review_queue(dataset, label_field: str | None, queue_filter: QueueFilter = Q
             or a class filter without a label field.
     """
     from curation.analysis import committed_runs, current_values, has_results
+    from curation.finders import finder_specs
 
-    unknown = [name for name in queue_filter.finders if name not in QUEUE_FINDERS]
+    specs = {spec.name: spec for spec in finder_specs()}
+    unknown = [name for name in queue_filter.finders if name not in specs]
     if unknown:
-        raise CurationInputError(f"review queue: unknown finder {unknown[0]!r}. Available: {', '.join(QUEUE_FINDERS)}")
+        raise CurationInputError(f"review queue: unknown finder {unknown[0]!r}. Available: {', '.join(specs)}")
     if queue_filter.classes and not label_field:
         raise CurationInputError(f"review queue: a class filter needs a label field; dataset {dataset.name!r} has no "
                                  "classification field")
     runs = committed_runs(dataset)
-    present = {name: spec for name, spec in QUEUE_FINDERS.items()
-               if dataset.has_sample_field(spec[0]) and has_results(name, runs)}
+    columns = queue_columns()
+    present = {name: spec for name, spec in specs.items()
+               if dataset.has_sample_field(spec.flag_field) and has_results(name, runs)}
     if queue_filter.finders:
         present = {name: spec for name, spec in present.items() if name in queue_filter.finders}
     if not present:
-        return pd.DataFrame(columns=QUEUE_COLUMNS)
+        return pd.DataFrame(columns=columns)
     from fiftyone import ViewField as F
 
     view = dataset.match(F.any([_flagged(name, runs) for name in present]))
@@ -148,10 +163,10 @@ def review_queue(dataset, label_field: str | None, queue_filter: QueueFilter = Q
         view = view.match(F(f"{label_field}.label").is_in(list(queue_filter.classes)))
     if not queue_filter.include_decided and dataset.has_sample_field("decision"):
         view = view.match((F("decision") == None) | (F("decision") == ""))  # noqa: E711
-    wanted = ["id", "filepath", "tags"] + [f for spec in present.values() for f in spec]
-    optional = ["suggested_label", "mislabel_score", "mislabel_reason", "nearest_neighbor_filepath",
-                "nearest_neighbor_similarity", "leak_filepath", "leak_similarity", "outlier_score", "uncertainty_score",
-                "decision", "cluster"]
+    wanted = ["id", "filepath", "tags"] + [f for spec in present.values() for f in (spec.flag_field, spec.queue_score)]
+    # Every finder's score and the fields its reason reads (None where absent), and the fixed columns.
+    optional = list(dict.fromkeys([f for spec in specs.values() for f in (spec.queue_score, *spec.queue_fields)]
+                                  + ["suggested_label", "decision", "cluster"]))
     fields = list(dict.fromkeys(wanted + [name for name in optional if dataset.has_sample_field(name)]))
     table = pd.DataFrame(current_values(view, fields, runs))
     table["label"] = view.values(f"{label_field}.label") if label_field else None
@@ -159,19 +174,19 @@ def review_queue(dataset, label_field: str | None, queue_filter: QueueFilter = Q
         if name not in table:
             table[name] = None
     if table.empty:
-        return pd.DataFrame(columns=QUEUE_COLUMNS)
+        return pd.DataFrame(columns=columns)
     records = table.to_dict("records")
     priorities, finders, reasons = [], [], []
     for row in records:
-        flagged = [name for name, (flag, _) in present.items() if row.get(flag)]
-        scores = [QUEUE_WEIGHTS[name] * min(max(float(row[score] or 0.0), 0.0), 1.0)
-                  for name, (_, score) in present.items() if name in flagged]
+        flagged = [name for name, spec in present.items() if row.get(spec.flag_field)]
+        scores = [present[name].queue_weight * min(max(float(row[present[name].queue_score] or 0.0), 0.0), 1.0)
+                  for name in flagged]
         priorities.append(1.0 - float(np.prod([1.0 - s for s in scores])) if scores else 0.0)
         finders.append(flagged)
         reasons.append(_reason(row, flagged))
     table["priority"], table["finders"], table["reason"] = priorities, finders, reasons
     table = table[table["priority"] >= queue_filter.min_priority]
-    return table[QUEUE_COLUMNS].sort_values("priority", ascending=False, kind="stable").reset_index(drop=True)
+    return table[columns].sort_values("priority", ascending=False, kind="stable").reset_index(drop=True)
 
 
 @dataclass(frozen=True)
@@ -192,11 +207,12 @@ def curation_status(dataset) -> CurationStatus:
     from curation.analysis import committed_runs, has_results
     from curation.datasets import curation_info
     from curation.decisions import decision_counts
+    from curation.finders import finder_specs
 
     info = curation_info(dataset)
     runs = committed_runs(dataset)
-    flagged = {name: int(dataset.match(_flagged(name, runs)).count())
-               for name, (flag, _) in QUEUE_FINDERS.items() if dataset.has_sample_field(flag) and has_results(name, runs)}
+    flagged = {spec.name: int(dataset.match(_flagged(spec.name, runs)).count()) for spec in finder_specs()
+               if dataset.has_sample_field(spec.flag_field) and has_results(spec.name, runs)}
     to_review = 0
     if flagged:
         view = dataset.match(F.any([_flagged(name, runs) for name in flagged]))

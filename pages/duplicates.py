@@ -6,7 +6,8 @@ from curation.analysis import stored_threshold, calibrate_dataset
 from curation.datasets import curation_info
 from curation.decisions import decisions_for, record_decision
 from curation.finders.base import FinderInputError
-from curation.finders.duplicates import DEFAULT_THRESHOLD, DuplicateConfig, find_duplicates, find_leaks, group_members, leak_pairs
+from curation.finders.duplicates import DEFAULT_THRESHOLD, DuplicateConfig, find_duplicates, group_members
+from curation.finders.leakage import find_leaks, leak_pairs
 from curation.images import thumbnail_path
 from curation.plots import precision_recall_figure
 from pages.common import bump_data_version, errors_shown, finder_context, open_page

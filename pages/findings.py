@@ -2,14 +2,15 @@
 
 import streamlit as st
 
-from curation.analysis import FINDINGS_COLUMNS, analyze, findings_table
+from curation.analysis import analyze, findings_columns, findings_table
 from curation.datasets import curation_info
-from curation.finders import FINDER_REGISTRY
+from curation.finders import finder_specs
 from pages.common import USER_ERRORS, bump_data_version, open_page, show_error
 
 dataset, field = open_page("Findings")
 
-chosen = st.multiselect("Finders", list(FINDER_REGISTRY), default=list(FINDER_REGISTRY), key="findings_chosen")
+NAMES = [spec.name for spec in finder_specs()]
+chosen = st.multiselect("Finders", NAMES, default=NAMES, key="findings_chosen")
 if st.button("Run analysis", type="primary", disabled=not chosen):
     bar = st.progress(0.0, text="Building the neighbour graph…")
     try:
@@ -39,7 +40,7 @@ for name, reason in analysis.get("errors", {}).items():
     st.markdown(f"- **{name}**: failed ({reason})")
 
 table = findings_table(dataset)
-sort_by = st.selectbox("Sort by", [c for c in FINDINGS_COLUMNS if c.endswith("_score") or c.endswith("_similarity")],
+sort_by = st.selectbox("Sort by", [c for c in findings_columns() if c.endswith("_score") or c.endswith("_similarity")],
                        key="findings_sort")
 st.dataframe(table.sort_values(sort_by, ascending=False, na_position="last").head(500), hide_index=True,
              column_config={"filepath": st.column_config.TextColumn(width="medium")})

@@ -6,12 +6,13 @@ from curation.analysis import analyze
 from curation.decisions import (DECISIONS, accept_suggestions, apply_relabel, decided_samples, record_decision,
                                 undo_decision)
 from curation.images import thumbnail_path
-from curation.review import QUEUE_FINDERS, QueueFilter, review_queue
+from curation.finders import finder_specs
+from curation.review import QueueFilter, review_queue
 from pages.common import bump_data_version, errors_shown, open_page
 
 PAGE_SIZE = 20
-FINDER_TITLES = {"mislabels": "suspected mislabel", "duplicates": "near duplicate", "leakage": "split leak",
-                 "outliers": "outlier", "label_next": "label next"}
+SPECS = {spec.name: spec for spec in finder_specs()}  # registry order: the queue's display order
+FINDER_TITLES = {name: spec.title for name, spec in SPECS.items()}
 
 def plural(count: int, word: str) -> str:
     return f"{count:,} {word}{'' if count == 1 else 's'}"
@@ -23,11 +24,11 @@ ACTION_WORDS = {"accept": "relabelled to the suggested label", "relabel": "relab
 dataset, field = open_page("Review queue")
 label_field = st.session_state["label_field"]
 
-if not any(dataset.has_sample_field(flag) for flag, _ in QUEUE_FINDERS.values()):
+if not any(dataset.has_sample_field(spec.flag_field) for spec in SPECS.values()):
     st.info("No findings yet: run the finders to fill the queue.")
     if st.button("Run all finders", type="primary"):
         with errors_shown():
-            with st.spinner("Running the finders (duplicates, leakage, mislabels, outliers, label next)…"):
+            with st.spinner(f"Running the finders ({', '.join(FINDER_TITLES.values())})…"):
                 report = analyze(dataset, field=field, label_field=label_field)
             st.session_state["review_notes"] = [f"{name} did not run: {reason}"
                                                 for name, reason in {**report.errors, **report.skipped}.items()]
@@ -68,7 +69,7 @@ classes = sorted(c for c in dataset.distinct(f"{label_field}.label") if c) if la
 tags = sorted(dataset.distinct("tags"))
 selected_on_map = st.session_state["selected_ids"]
 filters = st.columns([3, 3, 2, 2], vertical_alignment="bottom")
-finders = filters[0].multiselect("Finders", list(QUEUE_FINDERS), format_func=FINDER_TITLES.get, key="rv_finders",
+finders = filters[0].multiselect("Finders", list(SPECS), format_func=FINDER_TITLES.get, key="rv_finders",
                                  placeholder="all finders")
 chosen_classes = filters[1].multiselect("Classes", classes, key="rv_classes", placeholder="all classes")
 chosen_tags = filters[2].multiselect("Tags", tags, key="rv_tags", placeholder="any tags")
@@ -87,7 +88,7 @@ st.session_state["rv_filter_signature"] = signature
 counts = queue["finders"].explode().value_counts() if len(queue) else {}
 st.subheader(f"{plural(len(queue), 'sample')} to review")
 if len(queue):
-    st.caption(" · ".join(f"{FINDER_TITLES[name]} {int(counts[name])}" for name in QUEUE_FINDERS if name in counts)
+    st.caption(" · ".join(f"{FINDER_TITLES[name]} {int(counts[name])}" for name in SPECS if name in counts)
                + " · ranked by priority: the finders' scores combined (a label-next proposal counts half)")
 
 last = st.session_state.get("review_last")

@@ -85,7 +85,7 @@ def test_cli_analyze_prints_summaries_and_rejects_unknown_finders(analyzed, caps
     out = capsys.readouterr().out
     assert "duplicates: " in out and "near-duplicate groups" in out and "outliers: " in out
     assert main(["analyze", "--dataset", dataset.name, "--finders", "blur"]) == 1
-    assert "unknown finder 'blur'. Available: duplicates, leakage, mislabels, outliers" in capsys.readouterr().err
+    assert "unknown finder 'blur'. Available: mislabels, duplicates, leakage, outliers, label_next" in capsys.readouterr().err
 
 
 def test_analyze_without_embeddings_says_what_to_run(small_class_tree, fresh_name, capsys):

@@ -46,10 +46,25 @@ def test_relabel_keeps_the_original_label_across_relabels(small_class_tree, fres
         apply_relabel(dataset, [sample.id], "  ", label_field="ground_truth")
 
 
+def _unanalysed_clone(dataset):
+    """A clone without analysis results (the session's dataset may have been analysed by an
+    earlier test): what a dataset looks like before its first ``analyze``."""
+    from curation.analysis import RUN_FIELD, owner_of_field
+
+    clone = dataset.clone()
+    for name in [*owner_of_field(), RUN_FIELD]:
+        if clone.has_sample_field(name):
+            clone.delete_sample_field(name)
+    curation_info = {k: v for k, v in clone.info.get("curation", {}).items() if k != "analysis"}
+    clone.info = {**clone.info, "curation": curation_info}
+    clone.save()
+    return clone
+
+
 def test_mislabel_queue_is_sorted_and_empty_before_analysis(embedded_dataset):
     from curation.review import mislabel_queue
 
-    dataset = embedded_dataset.clone()
+    dataset = _unanalysed_clone(embedded_dataset)
     try:
         assert mislabel_queue(dataset, "ground_truth").empty
         ids = dataset.values("id")
@@ -63,7 +78,7 @@ def test_mislabel_queue_is_sorted_and_empty_before_analysis(embedded_dataset):
 
 @pytest.fixture
 def scratch(embedded_dataset):
-    dataset = embedded_dataset.clone()
+    dataset = _unanalysed_clone(embedded_dataset)
     yield dataset
     dataset.delete()
 

@@ -8,8 +8,9 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from curation.finders.base import FinderInputError
-from curation.finders.duplicates import (DuplicateConfig, exact_duplicate_groups, find_duplicates, find_leaks,
+from curation.finders.duplicates import (DuplicateConfig, exact_duplicate_groups, find_duplicates,
                                          near_duplicate_groups, pixel_digest)
+from curation.finders.leakage import find_leaks
 from curation.finders.outliers import OutlierConfig, find_outliers
 from finder_helpers import make_context
 
@@ -153,7 +154,7 @@ def test_group_members_lists_each_group_keeper_first():
 
 
 def test_leak_pairs_lists_each_pair_once():
-    from curation.finders.duplicates import leak_pairs
+    from curation.finders.leakage import leak_pairs
 
     vectors = _with_copies()
     context = make_context(vectors, splits=["train"] * 20 + ["test", "test", "val"], labels=["x"] * 23)

@@ -111,6 +111,16 @@ def _cell(value):
     return value
 
 
+def _without_timings(value):
+    """Settings minus wall-clock timings (``seconds``, ``fit_seconds``...), which differ
+    between two runs of the same state."""
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if "seconds" not in str(k)}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
 def observe(dataset) -> dict:
     """What readers see: per finder, its info (summary, settings) and per sample its
     findings-table cells plus whether the review queue lists it for that finder."""
@@ -129,7 +139,7 @@ def observe(dataset) -> dict:
             row = (*map(_cell, cells), sample_id in flagged[name])
             if any(cell not in (None, False) for cell in row):
                 rows[sample_id] = row
-        info = (analysis.get("summaries", {}).get(name), analysis.get("settings", {}).get(name))
+        info = (analysis.get("summaries", {}).get(name), _without_timings(analysis.get("settings", {}).get(name)))
         seen[name] = {"info": info, "rows": rows}
     return seen
 
@@ -370,3 +380,22 @@ def test_exports_read_only_committed_scores(analysed_clone, tmp_path):
     assert set(stale) <= set(manifest.index)  # kept: their 0.99 is not a committed score
     assert manifest.loc[stale, "outlier_score"].isna().all()
     assert (manifest["outlier_score"].dropna() < 0.5).all()
+
+
+def test_a_first_analyze_killed_before_its_commit_shows_nothing(embedded_dataset):
+    """No committed run yet, but stamped values (a first analyze killed mid-write): hidden."""
+    from curation.analysis import RUN_FIELD, findings_table
+
+    dataset = embedded_dataset.clone("t-first-run-killed", persistent=True)
+    try:
+        dataset.info = {k: v for k, v in dataset.info.items() if k != "curation"} | {
+            "curation": {k: v for k, v in dataset.info.get("curation", {}).items() if k != "analysis"}}
+        dataset.save()
+        ids = dataset.values("id")
+        dataset.set_values("outlier_score", dict(zip(ids, [0.5] * len(ids))), key_field="id")
+        dataset.set_values(RUN_FIELD, dict(zip(ids[:10], [{"outliers": "killed"}] * 10)), key_field="id")
+        table = findings_table(dataset).set_index("id")
+        assert table.loc[ids[:10], "outlier_score"].isna().all()
+        assert (table.loc[ids[10:], "outlier_score"] == 0.5).all()  # written outside analyze: as stored
+    finally:
+        dataset.delete()

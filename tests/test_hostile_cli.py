@@ -96,7 +96,7 @@ HOSTILE = {
     "analyze-no-split-field": (["analyze", "--dataset", "{ds}", "--split-field", "nope"],
                                "split field 'nope' does not exist"),
     "analyze-unknown-finder": (["analyze", "--dataset", "{ds}", "--finders", "nope"],
-                               "unknown finder 'nope'. Available: duplicates"),
+                               "unknown finder 'nope'. Available: mislabels, duplicates"),
     "analyze-no-finders": (["analyze", "--dataset", "{ds}", "--finders", " , "], "--finders"),
     "findings-no-split-field": (["findings", "--dataset", "{ds}", "--out", "{tmp}/f.csv", "--split-field", "nope"],
                                 "split field 'nope' does not exist"),

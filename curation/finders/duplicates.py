@@ -1,4 +1,4 @@
-"""Exact and near duplicates, and leakage between splits.
+"""Exact and near duplicates (leakage between splits: :mod:`curation.finders.leakage`).
 
 Exact duplicates share decoded pixels (a hash of the RGB array, so the same image saved as
 PNG and as lossless WebP still matches) or the same file bytes. Near duplicates are pairs
@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from curation.finders.base import FinderContext, FinderInputError, FinderResult
+from curation.finders.base import FinderContext, FinderInputError, FinderResult, FinderSpec, FindingField, filepaths_of, result_column
 from curation.images import ImageLoadError, image_info, load_rgb
 
 DEFAULT_THRESHOLD = 0.95
@@ -143,7 +144,7 @@ def find_duplicates(context: FinderContext, config: DuplicateConfig = DuplicateC
         raise FinderInputError(f"neighbour graph has {context.neighbor_indices.shape[0]} rows for {count} samples")
     near = near_duplicate_groups(context.neighbor_indices, context.neighbor_similarities, config.threshold)
     if pixel_digests is None:
-        pixel_digests = context.extras.get("pixel_digests")
+        pixel_digests = context.pixel_digests
     exact = exact_duplicate_groups(pixel_digests) if pixel_digests is not None else np.full(count, -1)
     near = merge_exact_groups(near, exact)
     keep = suggest_keepers(near, context.filepaths, context.labels)
@@ -167,41 +168,6 @@ def find_duplicates(context: FinderContext, config: DuplicateConfig = DuplicateC
     summary = (f"{groups} near-duplicate groups ({in_groups} samples, {int(table['is_issue'].sum())} suggested for removal) "
                f"at similarity >= {config.threshold:.3f}; {exact_groups} exact-duplicate groups")
     return FinderResult("duplicates", table, summary, {"config": asdict(config), "groups": groups})
-
-
-def find_leaks(context: FinderContext, config: DuplicateConfig = DuplicateConfig()) -> FinderResult:
-    """Near duplicates that sit in different splits (the same image in train and test).
-
-    Columns: ``score`` (similarity of the most similar sample in another split, 0 if none
-    reaches the threshold), ``is_issue``, ``leak_id``, ``leak_similarity``, ``leak_split``.
-    """
-    if context.splits is None:
-        raise FinderInputError("leakage needs splits: expected a split field or train/val/test tags, found neither")
-    count = len(context)
-    leak_row = np.full(count, -1, dtype=np.int64)
-    leak_similarity = np.full(count, np.nan)
-    for row in range(count):
-        own = context.splits[row]
-        if own is None:
-            continue
-        for j, similarity in zip(context.neighbor_indices[row], context.neighbor_similarities[row]):
-            if j < 0 or similarity < config.threshold:
-                break
-            other = context.splits[j]
-            if other is not None and other != own:
-                leak_row[row], leak_similarity[row] = j, similarity
-                break
-    is_issue = leak_row >= 0
-    table = pd.DataFrame({
-        "score": np.where(is_issue, np.clip(np.nan_to_num(leak_similarity), 0, 1), 0.0),
-        "is_issue": is_issue,
-        "leak_id": [context.ids[j] if j >= 0 else None for j in leak_row],
-        "leak_similarity": leak_similarity,
-        "leak_split": [context.splits[j] if j >= 0 else None for j in leak_row],
-    }, index=pd.Index(context.ids, name="id"))
-    pairs = {tuple(sorted((row, int(j)))) for row, j in enumerate(leak_row) if j >= 0}
-    summary = f"{len(pairs)} cross-split near-duplicate pairs ({int(is_issue.sum())} samples) at similarity >= {config.threshold:.3f}"
-    return FinderResult("leakage", table, summary, {"config": asdict(config), "pairs": len(pairs)})
 
 
 def group_members(result: FinderResult, context: FinderContext) -> pd.DataFrame:
@@ -232,23 +198,47 @@ def group_members(result: FinderResult, context: FinderContext) -> pd.DataFrame:
     return frame.drop(columns="_size").reset_index(drop=True)
 
 
-def leak_pairs(result: FinderResult, context: FinderContext) -> pd.DataFrame:
-    """Each cross-split pair once, most similar first: ``similarity`` and per side
-    ``{a,b}_id``, ``{a,b}_filepath``, ``{a,b}_split``, ``{a,b}_label``."""
-    row_of = {sample_id: row for row, sample_id in enumerate(context.ids)}
-    flagged = result.table[result.table["is_issue"]]
-    pairs: dict[tuple[str, str], float] = {}
-    for sample_id, leak in flagged.iterrows():
-        key = tuple(sorted((sample_id, leak["leak_id"])))
-        pairs[key] = max(pairs.get(key, 0.0), float(leak["leak_similarity"]))
-    rows = []
-    for (a, b), similarity in sorted(pairs.items(), key=lambda item: -item[1]):
-        row = {"similarity": similarity}
-        for side, sample_id in (("a", a), ("b", b)):
-            index = row_of[sample_id]
-            row.update({f"{side}_id": sample_id, f"{side}_filepath": context.filepaths[index],
-                        f"{side}_split": context.splits[index],
-                        f"{side}_label": None if context.labels is None else context.labels[index]})
-        rows.append(row)
-    columns = ["similarity"] + [f"{s}_{c}" for s in "ab" for c in ("id", "filepath", "split", "label")]
-    return pd.DataFrame(rows, columns=columns)
+def dataset_config(dataset, context: FinderContext) -> DuplicateConfig:
+    """The config ``analyze`` uses on ``dataset``: the calibrated threshold of its embedding
+    field (``curation calibrate``), else :data:`DEFAULT_THRESHOLD`. Shared by leakage."""
+    from curation.analysis import stored_threshold
+
+    return DuplicateConfig(threshold=stored_threshold(dataset, context.embedding_field) or DEFAULT_THRESHOLD)
+
+
+def _groups(result: FinderResult, context: FinderContext) -> list:
+    return [None if (g is None or g < 0) else int(g) for g in result_column(result, "near_duplicate_group", context.ids)]
+
+
+def _keepers(result: FinderResult, context: FinderContext) -> list:
+    """The suggested keeper flag of each sample in a group; None outside groups."""
+    keep = result_column(result, "keep", context.ids)
+    return [bool(k) if group is not None else None for k, group in zip(keep, _groups(result, context))]
+
+
+def describe(row: dict) -> str:
+    return (f"near duplicate of {Path(row['nearest_neighbor_filepath'] or '?').name} "
+            f"(similarity {row['nearest_neighbor_similarity']:.3f}), not the suggested keeper")
+
+
+SPEC = FinderSpec(
+    name="duplicates",
+    title="near duplicate",
+    find=find_duplicates,
+    config_type=DuplicateConfig,
+    fields=(
+        FindingField("near_duplicate_group", "int", derive=_groups),
+        FindingField("nearest_neighbor_filepath", "str", derive=filepaths_of("nearest_neighbor_id")),
+        FindingField("nearest_neighbor_similarity", "float", column="nearest_neighbor_similarity"),
+        FindingField("duplicate_flag", "bool", column="is_issue"),
+        FindingField("duplicate_keeper", "bool", derive=_keepers),
+    ),
+    flag_field="duplicate_flag",
+    queue_score="nearest_neighbor_similarity",
+    queue_fields=("nearest_neighbor_filepath",),
+    describe=describe,
+    context_needs=("pixel_digests",),
+    dataset_config=dataset_config,
+    findings_columns=("near_duplicate_group", "nearest_neighbor_filepath", "nearest_neighbor_similarity"),
+    findings_version=1,
+)

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from curation.finders.base import FinderContext, FinderInputError, FinderResult
-from curation.finders.classifier import compute_out_of_fold_predictions, label_mask, uncertainty_scores, usable_rows
+from curation.finders.base import FinderContext, FinderInputError, FinderResult, FinderSpec, FindingField
+from curation.finders.classifier import label_mask, uncertainty_scores, usable_rows
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,7 @@ def sample_uncertainty(context: FinderContext, seed: int = 0) -> np.ndarray:
     class_sizes = pd.Series([str(label) for label in labels[has_label & usable]], dtype=object).value_counts()
     if len(class_sizes) < 2 or class_sizes.max() < 2:
         return uncertainty
-    cached = context.extras.get("out_of_fold")
-    predictions = cached or compute_out_of_fold_predictions(context.embeddings, labels, seed=seed,
-                                                            sample_keys=[str(i) for i in context.ids])
-    context.extras["out_of_fold"] = predictions
+    predictions = context.out_of_fold(seed=seed)  # shared with the mislabel finder and the balance report
     labelled_rows = np.flatnonzero(predictions.labelled)
     unlabelled_rows = np.flatnonzero(~predictions.labelled)
     if len(labelled_rows):
@@ -81,3 +78,24 @@ def find_label_next(context: FinderContext, config: LabelNextConfig = LabelNextC
     unlabelled = int((~label_mask(labels) & np.isfinite(ranks)).sum())
     summary = f"{proposed} samples proposed for labelling ({unlabelled} unlabelled, {proposed - unlabelled} to re-check)"
     return FinderResult("label_next", table, summary, {"config": asdict(config)})
+
+
+SPEC = FinderSpec(
+    name="label_next",
+    title="label next",
+    find=find_label_next,
+    config_type=LabelNextConfig,
+    fields=(
+        # Defined for unlabelled samples too, hence its own field and not the mislabel finder's.
+        FindingField("uncertainty_score", "float", column="score"),
+        FindingField("label_next_rank", "int", column="label_next_rank"),
+        FindingField("label_next_flag", "bool", column="is_issue"),
+    ),
+    flag_field="label_next_flag",
+    queue_score="uncertainty_score",
+    # A proposal is advice: on its own it never outranks a confident finding (uncertainty is often ~1).
+    queue_weight=0.5,
+    describe=lambda row: f"worth labelling next (uncertainty {row['uncertainty_score']:.2f})",
+    findings_columns=("uncertainty_score",),
+    findings_version=1,
+)

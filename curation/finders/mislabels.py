@@ -36,25 +36,19 @@ from __future__ import annotations
 import functools
 import warnings
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from curation.finders.base import FinderContext, FinderInputError, FinderResult
-from curation.finders.classifier import (
-    DEFAULT_C,
-    DEFAULT_DIMENSIONS,
-    compute_out_of_fold_predictions,
-    label_mask,
-    uncertainty_scores,
-    usable_rows,
-)
+from curation.finders.base import FinderContext, FinderInputError, FinderResult, FinderSpec, FindingField
+from curation.finders.classifier import DEFAULT_C, DEFAULT_DIMENSIONS, label_mask, uncertainty_scores, usable_rows
 
 
 FILTER_METHODS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given")
 CLEANLAB_SOURCES = ("combined", "classifier")
 QUALITY_METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
-TEXT_EMBEDDINGS_KEY = "class_text_embeddings"  # context.extras key: {class name: (D,) text embedding}
+TEXT_EMBEDDINGS_KEY = "class_text_embeddings"  # context.extras key read when context.class_text_embeddings is None
 
 
 @dataclass(frozen=True)
@@ -80,7 +74,7 @@ class MislabelConfig:
             and was the best of 5/10/15).
         n_folds, seed, C, dimensions: cross-validation settings of the classifier.
         zero_shot: True to require the zero-shot signal, False to skip it, None to use it
-            when the model has a text encoder or ``context.extras`` holds class text embeddings.
+            when the model has a text encoder or the context holds class text embeddings.
         prompt_template: zero-shot prompt; ``{label}`` is the class name with _ as spaces.
         zero_shot_temperature: multiplies cosine similarities before the softmax (CLIP's 100).
         max_disagreeing_neighbors: ids listed in ``disagreeing_neighbors``.
@@ -185,13 +179,15 @@ def _zero_shot_probabilities(context: FinderContext, classes: list[str], config:
     """(N, C) zero-shot class probabilities, or None and why the signal is skipped."""
     if config.zero_shot is False or config.zero_shot_weight == 0:
         return None, "skipped: turned off"
-    provided = context.extras.get(TEXT_EMBEDDINGS_KEY)
+    provided, where = context.class_text_embeddings, "class_text_embeddings"
+    if provided is None:
+        provided, where = context.extras.get(TEXT_EMBEDDINGS_KEY), f"extras[{TEXT_EMBEDDINGS_KEY!r}]"
     if provided is not None:
         missing = [name for name in classes if name not in provided]
         if missing:
-            raise FinderInputError(f"extras[{TEXT_EMBEDDINGS_KEY!r}]: expected a text embedding for every class, missing {missing}")
+            raise FinderInputError(f"{where}: expected a text embedding for every class, missing {missing}")
         text = np.stack([np.asarray(provided[name], dtype=np.float32).ravel() for name in classes])
-        source = f"text embeddings from context.extras[{TEXT_EMBEDDINGS_KEY!r}]"
+        source = f"text embeddings from context.{where}"
     elif context.model_name:
         text, source = _model_text_embeddings(context.model_name, config.prompt_template, tuple(classes))
     else:
@@ -272,14 +268,154 @@ def _describe(given: str | None, classes: list[str], classifier: np.ndarray | No
     return "; ".join(parts)
 
 
+class _Signal(NamedTuple):
+    """One signal: per-sample quality of the given label (N,) and class distribution (N, C), NaN where missing."""
+
+    quality: np.ndarray
+    distribution: np.ndarray
+
+
+def _classifier_signal(oof, quality_method: str, class_of_row: np.ndarray, labelled: np.ndarray,
+                       usable: np.ndarray) -> tuple[_Signal, np.ndarray]:
+    """The classifier signal: cleanlab's label quality on the out-of-fold predictions ``oof``.
+
+    Labelled samples with a genuine out-of-fold prediction get a quality
+    (``get_label_quality_scores`` with ``quality_method``) and their probabilities;
+    unlabelled usable samples get the probabilities of the model fitted on every labelled
+    sample (no quality: they have no label). Returns the signal and the rows checked.
+    """
+    from cleanlab.rank import get_label_quality_scores
+
+    count = len(class_of_row)
+    labelled_rows = np.flatnonzero(labelled)
+    unlabelled_rows = np.flatnonzero(~labelled)
+    probs = np.full((count, len(oof.classes)), np.nan)
+    probs[labelled_rows[oof.checkable]] = oof.pred_probs[oof.checkable]
+    probs[unlabelled_rows[usable[unlabelled_rows]]] = oof.unlabelled_probs[usable[unlabelled_rows]]
+    quality = np.full(count, np.nan)
+    checked_rows = labelled_rows[oof.checkable]
+    if len(checked_rows):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # cleanlab's "few examples" warnings: see info
+            quality[checked_rows] = get_label_quality_scores(class_of_row[checked_rows], probs[checked_rows],
+                                                             method=quality_method)
+    return _Signal(quality, probs), checked_rows
+
+
+class _Neighbours(NamedTuple):
+    signal: _Signal
+    counts: np.ndarray  # (N, C) unweighted votes, for the reason
+    has_voters: np.ndarray  # (N,)
+    indices: np.ndarray  # (N, k) the neighbours that were asked
+    voter: np.ndarray  # (N, k) which of them voted
+    k: int
+
+
+def _neighbor_signal(context: FinderContext, config: MislabelConfig, class_of_row: np.ndarray, labelled: np.ndarray,
+                     usable: np.ndarray, n_classes: int) -> _Neighbours:
+    """The neighbour signal: agreement of the ``config.n_neighbors`` nearest labelled
+    neighbours (similarity-weighted) with the given label, relative to the share the class
+    could reach. A class of n samples can have at most n - 1 neighbours of its own, so small
+    classes are not mislabelled for being small, and a class of one cannot be judged by its
+    neighbours at all (quality NaN)."""
+    indices = np.asarray(context.neighbor_indices)
+    k = min(config.n_neighbors, indices.shape[1])
+    neighbor_indices = indices[:, :k].astype(np.int64)
+    neighbor_similarities = np.asarray(context.neighbor_similarities, dtype=np.float64)[:, :k]
+    shares, counts, voter = _neighbor_votes(neighbor_indices, neighbor_similarities, class_of_row, usable, n_classes)
+    voters = counts.sum(axis=1)
+    has_voters = voters > 0
+    class_sizes = np.bincount(class_of_row[labelled & usable], minlength=n_classes)
+    labelled_rows = np.flatnonzero(labelled)
+    agreement = np.full(len(class_of_row), np.nan)
+    voted = labelled_rows[has_voters[labelled_rows] & usable[labelled_rows]]
+    reachable = np.minimum(class_sizes[class_of_row[voted]] - 1, voters[voted]) / np.maximum(voters[voted], 1)
+    judged = reachable > 0
+    voted, reachable = voted[judged], reachable[judged]
+    agreement[voted] = np.minimum(1.0, shares[voted, class_of_row[voted]] / reachable)
+    signal = _Signal(agreement, np.where(has_voters[:, None], shares, np.nan))
+    return _Neighbours(signal, counts, has_voters, neighbor_indices, voter, int(k))
+
+
+def _zero_shot_signal(context: FinderContext, config: MislabelConfig, classes: list[str], embeddings: np.ndarray,
+                      class_of_row: np.ndarray, labelled: np.ndarray, usable: np.ndarray) -> tuple[_Signal | None, str]:
+    """The zero-shot signal: softmax over the class prompts' text embeddings (temperature
+    ``config.zero_shot_temperature``) of each usable sample; quality = the given class's
+    probability. None (and why) when there are no text embeddings or it is turned off."""
+    text, source = _zero_shot_probabilities(context, classes, config, embeddings.shape[1])
+    if text is None:
+        return None, source
+    count = len(class_of_row)
+    probs = np.full((count, len(classes)), np.nan)
+    vectors = np.nan_to_num(embeddings[usable].astype(np.float64))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    probs[usable] = _softmax(config.zero_shot_temperature * vectors @ text.T)
+    quality = np.full(count, np.nan)
+    scored = np.flatnonzero(labelled & usable)
+    quality[scored] = probs[scored, class_of_row[scored]]
+    return _Signal(quality, probs), source
+
+
+class _Combined(NamedTuple):
+    score: np.ndarray  # (N,) 1 - weighted mean quality, NaN where no signal has one
+    scored: np.ndarray  # (N,) bool
+    mixture: np.ndarray  # (N, C) weighted mean class distribution
+    has_mixture: np.ndarray  # (N,) bool
+    suggested_index: np.ndarray  # (N,) -1 without a mixture
+
+
+def _combine(weighted: list[tuple[float, _Signal]], count: int, n_classes: int) -> _Combined:
+    """The weighted mean of the available qualities (``score`` = 1 - it) and of the class
+    distributions (the mixture whose most likely class is the suggestion); a signal a sample
+    lacks is left out and the weights renormalised over the others."""
+    quality_sum = np.zeros(count)
+    quality_weight = np.zeros(count)
+    mixture = np.zeros((count, n_classes))
+    mixture_weight = np.zeros(count)
+    for weight, signal in weighted:
+        if weight == 0:
+            continue
+        has_quality = np.isfinite(signal.quality)
+        quality_sum[has_quality] += weight * signal.quality[has_quality]
+        quality_weight[has_quality] += weight
+        has_distribution = np.isfinite(signal.distribution).all(axis=1)
+        mixture[has_distribution] += weight * signal.distribution[has_distribution]
+        mixture_weight[has_distribution] += weight
+    score = np.full(count, np.nan)
+    scored = quality_weight > 0
+    score[scored] = np.clip(1.0 - quality_sum[scored] / quality_weight[scored], 0.0, 1.0)
+    has_mixture = mixture_weight > 0
+    mixture[has_mixture] /= mixture_weight[has_mixture, None]
+    suggested_index = np.where(has_mixture, np.argmax(mixture, axis=1), -1)
+    return _Combined(score, scored, mixture, has_mixture, suggested_index)
+
+
+def _cleanlab_flags(probs: np.ndarray, class_of_row: np.ndarray, labelled: np.ndarray, ids: np.ndarray,
+                    filter_by: str) -> np.ndarray:
+    """Confident learning's flag (cleanlab's ``find_label_issues``) on out-of-sample
+    probabilities (the classifier's or the mixture), over the labelled rows that have them,
+    in id order so the result does not depend on the input order."""
+    from cleanlab.filter import find_label_issues
+
+    labelled_rows = np.flatnonzero(labelled)
+    rows = labelled_rows[np.isfinite(probs[labelled_rows]).all(axis=1)]
+    rows = rows[np.argsort(ids[rows].astype(str), kind="stable")]
+    issue = np.zeros(len(class_of_row), dtype=bool)
+    if len(rows) and len(np.unique(class_of_row[rows])) >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            issue[rows] = find_label_issues(class_of_row[rows], probs[rows], filter_by=filter_by, n_jobs=1)
+    return issue
+
+
 def find_mislabels(context: FinderContext, config: MislabelConfig = MislabelConfig()) -> FinderResult:
     """Score every labelled sample by how strongly the data argues against its label.
 
     Args:
         context: ids, L2-normalised embeddings (N, D), labels (N,) with None for unlabelled
-            samples, and the shared kNN graph (N, k). ``context.extras`` may hold
-            ``class_text_embeddings`` ({class: (D,) vector}) to enable zero-shot without
-            loading a model.
+            samples, and the shared kNN graph (N, k). ``context.class_text_embeddings`` (or,
+            for older callers, ``context.extras["class_text_embeddings"]``) may hold
+            {class: (D,) vector} to enable zero-shot without loading a model.
         config: a :class:`MislabelConfig`.
 
     Returns:
@@ -296,133 +432,115 @@ def find_mislabels(context: FinderContext, config: MislabelConfig = MislabelConf
         FinderInputError: no labels, a single class, no class with two usable samples,
             malformed arrays or settings.
     """
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
-
     _validate_config(config)
-    embeddings, labels, indices = _validate_context(context)
+    embeddings, labels, _ = _validate_context(context)
     count = len(labels)
     ids = np.asarray(context.ids, dtype=object)
     labelled = label_mask(labels)
     given = np.array([str(value) if present else None for value, present in zip(labels, labelled)], dtype=object)
     usable = usable_rows(embeddings)
 
-    oof = compute_out_of_fold_predictions(
-        embeddings, given, n_folds=config.n_folds, seed=config.seed, C=config.C, dimensions=config.dimensions,
-        sample_keys=ids,
-    )
+    # The classifier's out-of-fold predictions fix the classes (shared with label-next and balance).
+    oof = context.out_of_fold(n_folds=config.n_folds, seed=config.seed, C=config.C, dimensions=config.dimensions)
     classes = oof.classes
     n_classes = len(classes)
     class_index = {name: position for position, name in enumerate(classes)}
     class_of_row = np.array([class_index[name] if name is not None else -1 for name in given], dtype=np.int64)
-    labelled_rows = np.flatnonzero(labelled)
-    unlabelled_rows = np.flatnonzero(~labelled)
 
-    # Classifier signal: cleanlab on the rows that have a genuine out-of-fold prediction.
-    classifier_probs = np.full((count, n_classes), np.nan)
-    classifier_probs[labelled_rows[oof.checkable]] = oof.pred_probs[oof.checkable]
-    classifier_probs[unlabelled_rows[usable[unlabelled_rows]]] = oof.unlabelled_probs[usable[unlabelled_rows]]
-    classifier_quality = np.full(count, np.nan)
-    checked_rows = labelled_rows[oof.checkable]
-    if len(checked_rows):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # cleanlab's "few examples" warnings: see info
-            classifier_quality[checked_rows] = get_label_quality_scores(
-                class_of_row[checked_rows], classifier_probs[checked_rows], method=config.quality_method)
-
-    # Neighbour signal.
-    k = min(config.n_neighbors, indices.shape[1])
-    neighbor_indices = indices[:, :k].astype(np.int64)
-    neighbor_similarities = np.asarray(context.neighbor_similarities, dtype=np.float64)[:, :k]
-    neighbor_shares, neighbor_counts, voter = _neighbor_votes(neighbor_indices, neighbor_similarities, class_of_row, usable, n_classes)
-    has_voters = neighbor_counts.sum(axis=1) > 0
-    # A class of n samples can have at most n - 1 neighbours of its own, so the share is taken
-    # relative to what the class could reach: small classes are not mislabelled for being small,
-    # and a class of one cannot be judged by its neighbours at all.
-    class_sizes = np.bincount(class_of_row[labelled & usable], minlength=n_classes)
-    voters = neighbor_counts.sum(axis=1)
-    neighbor_agreement = np.full(count, np.nan)
-    voted = labelled_rows[has_voters[labelled_rows] & usable[labelled_rows]]
-    reachable = np.minimum(class_sizes[class_of_row[voted]] - 1, voters[voted]) / np.maximum(voters[voted], 1)
-    judged = reachable > 0
-    voted, reachable = voted[judged], reachable[judged]
-    neighbor_agreement[voted] = np.minimum(1.0, neighbor_shares[voted, class_of_row[voted]] / reachable)
-
-    # Zero-shot signal.
-    text, zero_shot_source = _zero_shot_probabilities(context, classes, config, embeddings.shape[1])
-    zero_shot_probs = None
-    zero_shot_quality = np.full(count, np.nan)
-    if text is not None:
-        zero_shot_probs = np.full((count, n_classes), np.nan)
-        vectors = np.nan_to_num(embeddings[usable].astype(np.float64))
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        zero_shot_probs[usable] = _softmax(config.zero_shot_temperature * vectors @ text.T)
-        scored = labelled_rows[usable[labelled_rows]]
-        zero_shot_quality[scored] = zero_shot_probs[scored, class_of_row[scored]]
-
-    # Combination: weighted mean of the available qualities / class distributions.
-    signals = [
-        (config.classifier_weight, classifier_quality, classifier_probs),
-        (config.neighbor_weight, neighbor_agreement, np.where(has_voters[:, None], neighbor_shares, np.nan)),
-    ]
-    if zero_shot_probs is not None:
-        signals.append((config.zero_shot_weight, zero_shot_quality, zero_shot_probs))
-    quality_sum = np.zeros(count)
-    quality_weight = np.zeros(count)
-    mixture = np.zeros((count, n_classes))
-    mixture_weight = np.zeros(count)
-    for weight, quality, distribution in signals:
-        if weight == 0:
-            continue
-        has_quality = np.isfinite(quality)
-        quality_sum[has_quality] += weight * quality[has_quality]
-        quality_weight[has_quality] += weight
-        has_distribution = np.isfinite(distribution).all(axis=1)
-        mixture[has_distribution] += weight * distribution[has_distribution]
-        mixture_weight[has_distribution] += weight
-    score = np.full(count, np.nan)
-    scored = quality_weight > 0
-    score[scored] = np.clip(1.0 - quality_sum[scored] / quality_weight[scored], 0.0, 1.0)
-    has_mixture = mixture_weight > 0
-    mixture[has_mixture] /= mixture_weight[has_mixture, None]
-    suggested_index = np.where(has_mixture, np.argmax(mixture, axis=1), -1)
-    suggested_label = np.array([classes[index] if index >= 0 else None for index in suggested_index], dtype=object)
-    suggested_confidence = np.where(has_mixture, mixture.max(axis=1), np.nan)
+    classifier, checked_rows = _classifier_signal(oof, config.quality_method, class_of_row, labelled, usable)
+    neighbours = _neighbor_signal(context, config, class_of_row, labelled, usable, n_classes)
+    zero_shot, zero_shot_source = _zero_shot_signal(context, config, classes, embeddings, class_of_row, labelled, usable)
+    weighted = [(config.classifier_weight, classifier), (config.neighbor_weight, neighbours.signal)]
+    if zero_shot is not None:
+        weighted.append((config.zero_shot_weight, zero_shot))
+    combined = _combine(weighted, count, n_classes)
+    suggested_label = np.array([classes[index] if index >= 0 else None for index in combined.suggested_index], dtype=object)
+    suggested_confidence = np.where(combined.has_mixture, combined.mixture.max(axis=1), np.nan)
 
     # Confident learning's flag, on the classifier's probabilities or on the mixture (both are
     # out-of-sample: the classifier is cross-validated, a sample never votes for itself).
-    cleanlab_probs = classifier_probs if config.cleanlab_on == "classifier" else np.where(has_mixture[:, None], mixture, np.nan)
-    cleanlab_rows = labelled_rows[np.isfinite(cleanlab_probs[labelled_rows]).all(axis=1)]
-    cleanlab_rows = cleanlab_rows[np.argsort(ids[cleanlab_rows].astype(str), kind="stable")]  # order-independent
-    cleanlab_issue = np.zeros(count, dtype=bool)
-    if len(cleanlab_rows) and len(np.unique(class_of_row[cleanlab_rows])) >= 2:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            cleanlab_issue[cleanlab_rows] = find_label_issues(class_of_row[cleanlab_rows], cleanlab_probs[cleanlab_rows],
-                                                              filter_by=config.filter_by, n_jobs=1)
+    cleanlab_probs = (classifier.distribution if config.cleanlab_on == "classifier"
+                      else np.where(combined.has_mixture[:, None], combined.mixture, np.nan))
+    cleanlab_issue = _cleanlab_flags(cleanlab_probs, class_of_row, labelled, ids, config.filter_by)
 
     # The threshold flags only where the evidence names another class: a sample that every
     # signal finds hard (near-uniform probabilities) is uncertain, not mislabelled.
-    above_threshold = scored & (score >= config.threshold)
+    above_threshold = combined.scored & (combined.score >= config.threshold)
     if config.require_other_suggestion:
-        above_threshold &= suggested_index != class_of_row
+        above_threshold &= combined.suggested_index != class_of_row
     is_issue = above_threshold | (cleanlab_issue if config.use_cleanlab_flag else False)
 
     uncertainty = np.full(count, np.nan)
-    has_classifier = np.isfinite(classifier_probs).all(axis=1)
+    has_classifier = np.isfinite(classifier.distribution).all(axis=1)
     if has_classifier.any():
-        uncertainty[has_classifier] = uncertainty_scores(classifier_probs[has_classifier], kind="margin")
+        uncertainty[has_classifier] = uncertainty_scores(classifier.distribution[has_classifier], kind="margin")
 
-    reasons = []
-    disagreeing = []
-    limit = config.max_disagreeing_neighbors
-    for row in range(count):
+    reasons, disagreeing = _reasons(given, classes, class_of_row, ids, usable, combined.scored, classifier, has_classifier,
+                                    neighbours, zero_shot, cleanlab_issue, config.max_disagreeing_neighbors)
+    table = pd.DataFrame(
+        {
+            "score": combined.score,
+            "is_issue": is_issue,
+            "given_label": given,
+            "suggested_label": suggested_label,
+            "suggested_confidence": suggested_confidence,
+            "classifier_quality": classifier.quality,
+            "neighbor_agreement": neighbours.signal.quality,
+            "zero_shot_quality": zero_shot.quality if zero_shot is not None else np.full(count, np.nan),
+            "cleanlab_issue": cleanlab_issue,
+            "uncertainty_score": uncertainty,
+            "reason": reasons,
+            "disagreeing_neighbors": disagreeing,
+        },
+        index=pd.Index(ids, name="id"),
+    )
+    labelled_rows = np.flatnonzero(labelled)
+    used = ["classifier (cleanlab)", "neighbours"] + (["zero-shot"] if zero_shot is not None else [])
+    flagged = int(is_issue.sum())
+    summary = (f"{flagged} of {len(labelled_rows)} labelled samples look mislabelled "
+               f"(cleanlab flags {int(cleanlab_issue.sum())}, score >= {config.threshold:g}: {int(above_threshold.sum())}); "
+               f"signals: {', '.join(used)}")
+    unscored = int(len(labelled_rows) - combined.scored[labelled_rows].sum())
+    if unscored:
+        summary += f"; {unscored} labelled samples could not be checked"
+    # How often the out-of-fold classifier picks the given label: when it is low (few samples
+    # per class, an embedding that does not separate the classes), every flag is weak evidence.
+    agreement = (float(np.mean(np.argmax(classifier.distribution[checked_rows], axis=1) == class_of_row[checked_rows]))
+                 if len(checked_rows) else None)
+    if agreement is not None:
+        summary += f"; the classifier agrees with {agreement:.0%} of the given labels"
+    info = {
+        "config": asdict(config),
+        "classes": classes,
+        "signals": used,
+        "zero_shot": zero_shot_source,
+        "neighbors_used": neighbours.k,
+        "classifier": oof.info,
+        "classifier_agreement": agreement,
+        "flagged": flagged,
+        "cleanlab_flagged": int(cleanlab_issue.sum()),
+        "above_threshold": int(above_threshold.sum()),
+        "unscored_labelled": unscored,
+        "unlabelled": int((~labelled).sum()),
+        "score": "1 - weighted mean of the available label qualities (classifier self-confidence, "
+                 "neighbour agreement, zero-shot probability)",
+    }
+    return FinderResult("mislabels", table, summary, info)
+
+
+def _reasons(given: np.ndarray, classes: list[str], class_of_row: np.ndarray, ids: np.ndarray, usable: np.ndarray,
+             scored: np.ndarray, classifier: _Signal, has_classifier: np.ndarray, neighbours: _Neighbours,
+             zero_shot: _Signal | None, cleanlab_issue: np.ndarray, limit: int) -> tuple[list[str], list[list[str]]]:
+    """Per sample, the one-line reason (:func:`_describe`, or why it was not checked) and the
+    ids of up to ``limit`` most similar voting neighbours whose label differs."""
+    reasons, disagreeing = [], []
+    for row in range(len(given)):
         label = given[row]
         reason = _describe(
             label, classes,
-            classifier_probs[row] if has_classifier[row] else None,
-            neighbor_counts[row] if has_voters[row] else None,
-            zero_shot_probs[row] if zero_shot_probs is not None and usable[row] else None,
+            classifier.distribution[row] if has_classifier[row] else None,
+            neighbours.counts[row] if neighbours.has_voters[row] else None,
+            zero_shot.distribution[row] if zero_shot is not None and usable[row] else None,
             bool(cleanlab_issue[row]),
         )
         if label is None:
@@ -435,53 +553,34 @@ def find_mislabels(context: FinderContext, config: MislabelConfig = MislabelConf
             disagreeing.append([])
             continue
         mine = class_of_row[row]
-        neighbours = neighbor_indices[row][voter[row]]
-        disagreeing.append([str(ids[other]) for other in neighbours if class_of_row[other] != mine][:limit])
+        asked = neighbours.indices[row][neighbours.voter[row]]
+        disagreeing.append([str(ids[other]) for other in asked if class_of_row[other] != mine][:limit])
+    return reasons, disagreeing
 
-    table = pd.DataFrame(
-        {
-            "score": score,
-            "is_issue": is_issue,
-            "given_label": given,
-            "suggested_label": suggested_label,
-            "suggested_confidence": suggested_confidence,
-            "classifier_quality": classifier_quality,
-            "neighbor_agreement": neighbor_agreement,
-            "zero_shot_quality": zero_shot_quality,
-            "cleanlab_issue": cleanlab_issue,
-            "uncertainty_score": uncertainty,
-            "reason": reasons,
-            "disagreeing_neighbors": disagreeing,
-        },
-        index=pd.Index(ids, name="id"),
-    )
-    used = ["classifier (cleanlab)", "neighbours"] + (["zero-shot"] if zero_shot_probs is not None else [])
-    flagged = int(is_issue.sum())
-    summary = (f"{flagged} of {len(labelled_rows)} labelled samples look mislabelled "
-               f"(cleanlab flags {int(cleanlab_issue.sum())}, score >= {config.threshold:g}: {int(above_threshold.sum())}); "
-               f"signals: {', '.join(used)}")
-    unscored = int(len(labelled_rows) - scored[labelled_rows].sum())
-    if unscored:
-        summary += f"; {unscored} labelled samples could not be checked"
-    # How often the out-of-fold classifier picks the given label: when it is low (few samples
-    # per class, an embedding that does not separate the classes), every flag is weak evidence.
-    agreement = float(np.mean(np.argmax(classifier_probs[checked_rows], axis=1) == class_of_row[checked_rows])) if len(checked_rows) else None
-    if agreement is not None:
-        summary += f"; the classifier agrees with {agreement:.0%} of the given labels"
-    info = {
-        "config": asdict(config),
-        "classes": classes,
-        "signals": used,
-        "zero_shot": zero_shot_source,
-        "neighbors_used": int(k),
-        "classifier": oof.info,
-        "classifier_agreement": agreement,
-        "flagged": flagged,
-        "cleanlab_flagged": int(cleanlab_issue.sum()),
-        "above_threshold": int(above_threshold.sum()),
-        "unscored_labelled": unscored,
-        "unlabelled": int(len(unlabelled_rows)),
-        "score": "1 - weighted mean of the available label qualities (classifier self-confidence, "
-                 "neighbour agreement, zero-shot probability)",
-    }
-    return FinderResult("mislabels", table, summary, info)
+
+def describe(row: dict) -> str:
+    """Why a review-queue row is a suspected mislabel."""
+    return row.get("mislabel_reason") or f"mislabel score {row['mislabel_score']:.2f}"
+
+
+SPEC = FinderSpec(
+    name="mislabels",
+    title="suspected mislabel",
+    find=find_mislabels,
+    config_type=MislabelConfig,
+    fields=(
+        FindingField("mislabel_score", "float", column="score"),
+        FindingField("suggested_label", "str", column="suggested_label"),
+        FindingField("suggested_confidence", "float", column="suggested_confidence"),
+        FindingField("mislabel_reason", "str", column="reason"),
+        FindingField("mislabel_disagreeing_ids", "list", column="disagreeing_neighbors"),
+        FindingField("mislabel_flag", "bool", column="is_issue"),
+    ),
+    flag_field="mislabel_flag",
+    queue_score="mislabel_score",
+    queue_fields=("mislabel_reason", "suggested_label"),
+    describe=describe,
+    requires=("labels",),
+    findings_columns=("mislabel_score", "suggested_label"),
+    findings_version=1,
+)

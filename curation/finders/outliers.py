@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from curation.finders.base import FinderContext, FinderInputError, FinderResult
+from curation.finders.base import FinderContext, FinderInputError, FinderResult, FinderSpec, FindingField
 
 
 @dataclass(frozen=True)
@@ -64,3 +64,18 @@ def find_outliers(context: FinderContext, config: OutlierConfig = OutlierConfig(
     if skipped - broken:
         summary += f"; {skipped - broken} samples with no neighbour to compare with were not scored"
     return FinderResult("outliers", table, summary, {"config": asdict(config), "unscored": skipped})
+
+
+SPEC = FinderSpec(
+    name="outliers",
+    title="outlier",
+    find=find_outliers,
+    config_type=OutlierConfig,
+    fields=(FindingField("outlier_score", "float", column="score"), FindingField("outlier_flag", "bool", column="is_issue")),
+    flag_field="outlier_flag",
+    queue_score="outlier_score",
+    queue_weight=0.8,  # an outlier may be fine
+    describe=lambda row: f"far from everything (outlier score {row['outlier_score']:.2f})",
+    findings_columns=("outlier_score",),
+    findings_version=1,
+)

@@ -910,7 +910,7 @@ def find_verified_duplicates(context: FinderContext, verifier: VerifierCalibrati
     partner_rows, partner_probability = _partner_arrays(count, row_a, row_b, probability)
     near = near_duplicate_groups(partner_rows, partner_probability, threshold)
     if pixel_digests is None:
-        pixel_digests = context.extras.get("pixel_digests") or signature_digests(signatures)
+        pixel_digests = context.pixel_digests or signature_digests(signatures)
     exact = exact_duplicate_groups(pixel_digests)
     near = merge_exact_groups(near, exact)
     keep = suggest_keepers(near, context.filepaths, context.labels)
@@ -950,7 +950,7 @@ def find_verified_leaks(context: FinderContext, verifier: VerifierCalibration | 
     """Verified near duplicates that sit in different splits (the same image in train and test).
 
     Arguments as :func:`find_verified_duplicates`. Columns as
-    :func:`curation.finders.duplicates.find_leaks` (``score``: the verified probability of
+    :func:`curation.finders.leakage.find_leaks` (``score``: the verified probability of
     the sample's most probable partner in another split, 0 if none reaches the threshold;
     ``leak_similarity``: that pair's cosine) plus ``leak_probability``.
     """
