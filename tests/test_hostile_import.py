@@ -256,7 +256,7 @@ def test_embed_killed_midway_keeps_what_it_computed_and_the_rerun_does_only_the_
     from curation.embeddings import WRITE_SECONDS
 
     assert WRITE_SECONDS <= 10, "a kill must lose seconds of work at most"
-    total = _demo_tree(tmp_path / "tree", per_class=7)
+    total = _demo_tree(tmp_path / "tree", per_class=20)
     import_dataset(tmp_path / "tree", fresh_name, format="classes")
     command = [sys.executable, "-c", _EMBED_CLI, str(KILL_TEST_WRITE_SECONDS), "embed", "--dataset", fresh_name,
                "--model", OFFLINE_MODEL, "--workers", "0", "--batch-size", "8", "--device", "cpu"]
@@ -276,7 +276,9 @@ def test_embed_killed_midway_keeps_what_it_computed_and_the_rerun_does_only_the_
     reader.start()
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None and len(progress) < 4:
+        # Kill once progress has run for a few write intervals (however fast this machine embeds).
+        while time.monotonic() < deadline and process.poll() is None and (
+                len(progress) < 4 or progress[-1][0] - progress[0][0] < 4 * KILL_TEST_WRITE_SECONDS):
             time.sleep(0.02)
         assert process.poll() is None, f"the run ended before it could be killed: {output.decode(errors='replace')}"
         assert len(progress) >= 4, f"no progress in 120 s: {output.decode(errors='replace')}"
