@@ -181,7 +181,24 @@ def cmd_demo(args) -> int:
     print(f"demo dataset {DEMO_DATASET!r}: {len(dataset)} samples")
     _embed(dataset, args)
     args.dataset, args.field = DEMO_DATASET, None
-    return cmd_map(args)
+    status = cmd_map(args)
+    if status:
+        return status
+    # A new user's first view has findings, a review queue and duplicate groups, not "no analysis yet".
+    from curation.analysis import analyze
+    from curation.datasets import curation_info
+    from curation.embeddings import default_embedding_field
+
+    analysis = curation_info(dataset).get("analysis", {})
+    if analysis.get("runs") and analysis.get("embedding_field") == default_embedding_field(dataset):
+        print(f"findings are up to date; rerun them with `curation analyze --dataset {DEMO_DATASET}`")
+        return 0
+    report = analyze(dataset)
+    for name, result in report.results.items():
+        print(f"{name}: {result.summary}")
+    for name, reason in {**report.skipped, **report.errors}.items():
+        print(f"{name}: not run: {reason}", file=sys.stderr)
+    return 0
 
 
 def cmd_calibrate(args) -> int:
@@ -582,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("datasets", help="list datasets with sample counts and embedding status")
     listing.set_defaults(handler=cmd_datasets)
 
-    demo = commands.add_parser("demo", help="import, embed and map the bundled demo dataset")
+    demo = commands.add_parser("demo", help="import, embed, map and analyze the bundled demo dataset")
     _add_embed_options(demo)
     _add_map_options(demo)
     demo.set_defaults(handler=cmd_demo)

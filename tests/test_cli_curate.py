@@ -118,3 +118,30 @@ def test_decide_without_samples_says_how_to_name_them(dataset, capsys):
     assert main(["export", "--dataset", dataset.name, "--format", "folders", "--out", "/tmp/x",
                  "--max-score", "mislabel_score"]) == 1
     assert "expected FIELD=VALUE" in capsys.readouterr().err
+
+
+def test_demo_runs_the_finders_once(small_class_tree, monkeypatch, capsys):
+    """`curation demo` (the README's first command) leaves findings and a filled review
+    queue; a second run finds them up to date and does not recompute."""
+    import fiftyone as fo
+
+    from curation import importers
+    from curation.cli import main
+    from curation.datasets import load_dataset
+    from curation.review import review_queue
+
+    name = "t-demo-analyzed"
+    monkeypatch.setattr(importers, "DEMO_DATASET", name)
+    monkeypatch.setattr(importers, "DEMO_SOURCE", small_class_tree)
+    try:
+        assert main(["demo", "--model", "efficientnet-lite0-imagenet", "--workers", "0"]) == 0
+        out = capsys.readouterr().out
+        assert "mislabels:" in out and "duplicates:" in out and "outliers:" in out, out
+        dataset = load_dataset(name)
+        assert dataset.info["curation"]["analysis"]["runs"]
+        assert len(review_queue(dataset, "ground_truth")) > 0
+        assert main(["demo", "--model", "efficientnet-lite0-imagenet", "--workers", "0"]) == 0
+        assert "findings are up to date" in capsys.readouterr().out
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
