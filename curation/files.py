@@ -106,8 +106,12 @@ def _check_parent(target: Path, make_parents: bool) -> None:
 
 
 @contextmanager
-def atomic_file(path: Path | str, *, overwrite: bool = True, make_parents: bool = False) -> Iterator[Path]:
+def atomic_file(path: Path | str, *, overwrite: bool = True, make_parents: bool = False,
+                clean_stale: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    ``clean_stale=False`` skips :func:`clean_stale_partials` (it lists the folder): for
+    caches that write many small files into one folder, such as thumbnails.
 
     Raises:
         CurationInputError: ``path`` is a directory.
@@ -117,7 +121,8 @@ def atomic_file(path: Path | str, *, overwrite: bool = True, make_parents: bool 
     target = Path(path).expanduser()
     _check_target(target, overwrite=overwrite, kind="file")
     _check_parent(target, make_parents)
-    clean_stale_partials(target)
+    if clean_stale:
+        clean_stale_partials(target)
     partial = _partial_name(target, target.suffix)
     try:
         yield partial

@@ -254,8 +254,8 @@ def thumbnail_path(path: str | os.PathLike, size: int = THUMBNAIL_SIZE) -> Path 
         # Tiny images (MNIST-sized) are upscaled so a gallery shows them at a readable size.
         scale = (size // 2) / max(image.width, image.height)
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.NEAREST)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-    image.save(partial, format="JPEG", quality=85)
-    partial.replace(target)
+    from curation.files import atomic_file
+
+    with atomic_file(target, make_parents=True, clean_stale=False) as partial:
+        image.save(partial, format="JPEG", quality=85)
     return target

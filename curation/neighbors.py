@@ -536,17 +536,13 @@ def _read_cache(path) -> dict | None:
 
 
 def _write_cache(path, ids: list[str], embeddings: np.ndarray, graph: NeighborGraph) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npz")
-    try:
+    from curation.files import atomic_file
+
+    with atomic_file(path, make_parents=True) as partial:  # the name keeps .npz, so savez adds nothing
         np.savez(partial, indices=graph.indices, similarities=graph.similarities, valid=graph.valid,
                  method=np.array(graph.method), backend=np.array(graph.backend),
                  ids=np.frombuffer("\n".join(ids).encode(), dtype=np.uint8),
                  ids_digest=np.array(_ids_digest(ids)), fingerprint=np.array(_fingerprint(embeddings)))
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
 
 
 def _extend(entry: dict, ids: list[str], embeddings: np.ndarray, k: int, method: str) -> NeighborGraph | None:

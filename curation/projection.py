@@ -158,10 +158,10 @@ def cached_projection(dataset_name: str, field: str, ids: list[str], embeddings:
         k = min(max(15, map_neighbors(len(ids), config) - 1), len(ids) - 1)
         knn = umap_precomputed_knn(cached_neighbors(dataset_name, field, ids, normalize_rows(embeddings), k))
     coords = compute_projection(embeddings, config, knn=knn)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npz")
-    np.savez(partial, coords=coords, ids_digest=np.array(digest))
-    os.replace(partial, path)
+    from curation.files import atomic_file
+
+    with atomic_file(path, make_parents=True) as partial:  # the name keeps .npz, so savez adds nothing
+        np.savez(partial, coords=coords, ids_digest=np.array(digest))
     return coords
 
 
