@@ -72,7 +72,9 @@ class MislabelConfig:
         quality_method: cleanlab's ``get_label_quality_scores`` method for the classifier signal.
         n_neighbors: neighbours that vote (at most the graph's k; 15 is what the app builds
             and was the best of 5/10/15).
-        n_folds, seed, C, dimensions: cross-validation settings of the classifier.
+        n_folds, seed, C, dimensions: cross-validation settings of the classifier; ``"auto"``
+            (the default) chooses C and the PCA size per dataset by held-out log loss
+            (:func:`curation.finders.classifier.compute_out_of_fold_predictions`).
         zero_shot: True to require the zero-shot signal, False to skip it, None to use it
             when the model has a text encoder or the context holds class text embeddings.
         prompt_template: zero-shot prompt; ``{label}`` is the class name with _ as spaces.
