@@ -502,6 +502,14 @@ def committed_runs(collection) -> dict[str, str] | None:
     return {} if dataset.has_sample_field(RUN_FIELD) else None
 
 
+def analysis_record(dataset) -> dict:
+    """The dataset's analysis record (updated_at, fields, summaries, settings, runs, errors,
+    skipped) as stored now: re-read from the database, so a process holding the dataset
+    open (the app) shows what a ``curation analyze`` in a terminal committed. ``{}`` if none."""
+    dataset._doc.reload("info")
+    return dict(curation_info(dataset).get("analysis") or {})
+
+
 def has_results(owner: str, runs: dict[str, str] | None) -> bool:
     """Whether ``owner`` has results readers may show under ``runs`` (see :func:`committed_runs`):
     always without run ids, otherwise only when the owner has a committed run."""

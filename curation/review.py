@@ -14,6 +14,22 @@ import pandas as pd
 from curation.errors import CurationInputError
 
 
+def unchecked_mislabel_reasons(dataset) -> dict[str, int]:
+    """Why labelled samples have no mislabel score (a class with one sample, a broken
+    vector...): ``{reason: count}``, from the committed mislabel run only."""
+    from curation.analysis import current_values
+
+    if not dataset.has_sample_field("mislabel_reason"):
+        return {}
+    values = current_values(dataset, ["mislabel_score", "mislabel_reason"])
+    counts: dict[str, int] = {}
+    for score, reason in zip(values["mislabel_score"], values["mislabel_reason"]):
+        if score is None and isinstance(reason, str) and reason.startswith("cannot be checked: "):
+            why = reason.removeprefix("cannot be checked: ")
+            counts[why] = counts.get(why, 0) + 1
+    return counts
+
+
 def mislabel_queue(dataset, label_field: str) -> pd.DataFrame:
     """Samples with a mislabel score, highest first.
 

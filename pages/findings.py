@@ -2,8 +2,7 @@
 
 import streamlit as st
 
-from curation.analysis import analyze, findings_columns, findings_table
-from curation.datasets import curation_info
+from curation.analysis import analysis_record, analyze, findings_columns, findings_table
 from curation.finders import finder_specs
 from pages.common import USER_ERRORS, bump_data_version, open_page, show_error
 
@@ -25,7 +24,7 @@ if st.button("Run analysis", type="primary", disabled=not chosen):
         st.error(f"{name} failed: {reason}")
     bump_data_version()
 
-analysis = curation_info(dataset).get("analysis")
+analysis = analysis_record(dataset)
 if not analysis:
     st.info("No analysis yet: run it above, or `curation analyze --dataset " + dataset.name + "`.")
     st.stop()

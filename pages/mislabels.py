@@ -2,11 +2,10 @@
 
 import streamlit as st
 
-from curation.analysis import analyze
-from curation.datasets import curation_info
+from curation.analysis import analysis_record, analyze
 from curation.decisions import apply_relabel, record_decision
 from curation.images import thumbnail_path
-from curation.review import mislabel_queue, sample_previews
+from curation.review import mislabel_queue, sample_previews, unchecked_mislabel_reasons
 from pages.common import USER_ERRORS, bump_data_version, errors_shown, open_page, show_error
 
 dataset, field = open_page("Suspected mislabels")
@@ -17,7 +16,7 @@ if not label_field:
 if not dataset.has_sample_field("mislabel_score"):
     # Why the last check did not run (one class, too few samples) is kept with the analysis,
     # so it survives the rerun and later visits instead of the page silently asking again.
-    last = curation_info(dataset).get("analysis", {})
+    last = analysis_record(dataset)
     not_run = last.get("errors", {}).get("mislabels") or last.get("skipped", {}).get("mislabels")
     if not_run:
         st.warning(f"Labels could not be checked: {not_run}")
@@ -51,13 +50,10 @@ if not show_decided:
 st.caption(f"{len(view):,} samples match (of {int((queue['mislabel_score'] >= 0.5).sum()):,} scoring 0.5 or more).")
 # Samples the finder could not score (a class with a single sample, a NaN or zero vector) have no
 # score and are not in the queue: say how many and why, so they are not silently missing.
-if dataset.has_sample_field("mislabel_reason"):
-    reasons = dataset.exists("mislabel_score", False).count_values("mislabel_reason")
-    unchecked = {reason.removeprefix("cannot be checked: "): count for reason, count in reasons.items()
-                 if reason and reason.startswith("cannot be checked: ")}
-    if unchecked:
-        st.caption(f"{sum(unchecked.values()):,} labelled samples could not be checked: "
-                   + "; ".join(f"{why} ({count:,})" for why, count in sorted(unchecked.items())) + ".")
+unchecked = unchecked_mislabel_reasons(dataset)
+if unchecked:
+    st.caption(f"{sum(unchecked.values()):,} labelled samples could not be checked: "
+               + "; ".join(f"{why} ({count:,})" for why, count in sorted(unchecked.items())) + ".")
 
 for row in view.head(30).itertuples(index=False):
     with st.container(border=True):

@@ -401,3 +401,27 @@ def test_a_first_analyze_killed_before_its_commit_shows_nothing(embedded_dataset
         assert (table.loc[ids[10:], "outlier_score"] == 0.5).all()  # written outside analyze: as stored
     finally:
         dataset.delete()
+
+
+def test_pages_read_what_another_process_committed(analysed_clone):
+    """The analysis record and the unchecked-mislabel counts come from the database as it is
+    now (a terminal `analyze` while the app holds the dataset), committed runs only."""
+    from curation.analysis import RUN_FIELD, analysis_record
+    from curation.review import unchecked_mislabel_reasons
+
+    dataset = analysed_clone
+    code = ("import curation; from curation.datasets import load_dataset, update_curation_info, curation_info;"
+            f"d = load_dataset({analysed_clone.name!r}); a = dict(curation_info(d)['analysis']);"
+            "a['summaries'] = {**a['summaries'], 'outliers': 'from the terminal'}; update_curation_info(d, analysis=a)")
+    subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy(), capture_output=True, timeout=120)
+    assert analysis_record(dataset)["summaries"]["outliers"] == "from the terminal"
+
+    ids = dataset.values("id")[:3]
+    for position, sample_id in enumerate(ids):
+        sample = dataset[sample_id]
+        sample["mislabel_score"] = None
+        sample["mislabel_reason"] = "cannot be checked: its class has one sample"
+        if position == 0:  # written by a run that was never committed: not counted
+            sample[RUN_FIELD] = {**sample[RUN_FIELD], "mislabels": "killed-run"}
+        sample.save()
+    assert unchecked_mislabel_reasons(dataset) == {"its class has one sample": 2}
