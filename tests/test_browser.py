@@ -216,12 +216,15 @@ def _wait_for(page, server: AppServer, what: str, wait) -> None:
 def _overview_metrics(page, server: AppServer) -> dict[str, str]:
     """Open the overview; label -> shown value of each ``st.metric`` once all four are drawn."""
     _open(page, server.url)
-    _wait_for(page, server, "the overview's metrics", lambda: page.locator('[data-testid="stMetric"]').nth(3).wait_for())
-    return page.evaluate("""() => Object.fromEntries(
+    read = """() => Object.fromEntries(
         [...document.querySelectorAll('[data-testid="stMetric"]')].map(metric => [
-            metric.querySelector('[data-testid="stMetricLabel"]').innerText.trim(),
-            metric.querySelector('[data-testid="stMetricValue"]').innerText.trim(),
-        ]))""")
+            (metric.querySelector('[data-testid="stMetricLabel"]')?.innerText || '').trim(),
+            (metric.querySelector('[data-testid="stMetricValue"]')?.innerText || '').trim(),
+        ]))"""
+    # Labels are markdown drawn after the metric box itself: wait until the first one reads "Samples".
+    _wait_for(page, server, "the overview's metrics", lambda: page.wait_for_function(
+        f"() => {{ const m = ({read})(); return Object.keys(m).length >= 4 && m['Samples']; }}"))
+    return page.evaluate(read)
 
 
 def _open_map(page, server: AppServer) -> None:
