@@ -129,6 +129,16 @@ def suggest_keepers(groups: np.ndarray, filepaths: np.ndarray, labels: np.ndarra
     return keep
 
 
+def nearest_neighbor_columns(context: FinderContext) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample's most similar other sample in the shared graph: its row (-1 if none) and
+    the cosine similarity (NaN if none)."""
+    count = len(context)
+    if not (count and context.neighbor_indices.shape[1]):
+        return np.full(count, -1), np.full(count, np.nan)
+    nearest = context.neighbor_indices[:, 0]
+    return nearest, np.where(nearest >= 0, context.neighbor_similarities[:, 0], np.nan).astype(float)
+
+
 def find_duplicates(context: FinderContext, config: DuplicateConfig = DuplicateConfig(),
                     *, pixel_digests: list[str | None] | None = None) -> FinderResult:
     """Near-duplicate groups from the neighbour graph, plus exact (pixel-identical) groups.
@@ -148,11 +158,7 @@ def find_duplicates(context: FinderContext, config: DuplicateConfig = DuplicateC
     exact = exact_duplicate_groups(pixel_digests) if pixel_digests is not None else np.full(count, -1)
     near = merge_exact_groups(near, exact)
     keep = suggest_keepers(near, context.filepaths, context.labels)
-    if count and context.neighbor_indices.shape[1]:
-        nearest = context.neighbor_indices[:, 0]
-        nearest_similarity = np.where(nearest >= 0, context.neighbor_similarities[:, 0], np.nan).astype(float)
-    else:
-        nearest, nearest_similarity = np.full(count, -1), np.full(count, np.nan)
+    nearest, nearest_similarity = nearest_neighbor_columns(context)
     table = pd.DataFrame({
         "score": np.clip(np.nan_to_num(nearest_similarity, nan=0.0), 0, 1),
         "is_issue": (near >= 0) & ~keep,

@@ -55,7 +55,9 @@ import pandas as pd
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from curation.finders.base import FinderContext, FinderInputError, FinderResult
-from curation.finders.duplicates import exact_duplicate_groups, merge_exact_groups, near_duplicate_groups, suggest_keepers
+from curation.finders.duplicates import (
+    exact_duplicate_groups, merge_exact_groups, near_duplicate_groups, nearest_neighbor_columns, suggest_keepers,
+)
 from curation.images import ImageLoadError, load_rgb
 
 logger = logging.getLogger(__name__)
@@ -873,6 +875,14 @@ def _partner_arrays(count: int, row_a: np.ndarray, row_b: np.ndarray, probabilit
     return indices, values
 
 
+def _pairs_for(context, signatures, verifier, k, pairs):
+    """``pairs`` as given (after checking ``signatures``) or computed by :func:`verified_pairs`."""
+    if pairs is None:
+        return verified_pairs(context, signatures, verifier, k)
+    _validate_signatures(signatures, len(context))
+    return pairs
+
+
 def find_verified_duplicates(context: FinderContext, verifier: VerifierCalibration | dict, signatures: np.ndarray,
                              *, k: int | None = None, threshold: float | None = None,
                              pixel_digests: list[str | None] | None = None,
@@ -900,10 +910,7 @@ def find_verified_duplicates(context: FinderContext, verifier: VerifierCalibrati
     verifier = _validate_verifier(verifier)
     threshold = _threshold(verifier, threshold)
     count = len(context)
-    if pairs is None:
-        pairs = verified_pairs(context, signatures, verifier, k)
-    else:
-        _validate_signatures(signatures, count)
+    pairs = _pairs_for(context, signatures, verifier, k, pairs)
     k = verifier.k if k is None else int(k)
     row_a, row_b = pairs["row_a"].to_numpy(), pairs["row_b"].to_numpy()
     probability = pairs["probability"].to_numpy(dtype=float)
@@ -916,11 +923,7 @@ def find_verified_duplicates(context: FinderContext, verifier: VerifierCalibrati
     keep = suggest_keepers(near, context.filepaths, context.labels)
     best = np.where(partner_rows[:, 0] >= 0, np.nan_to_num(partner_probability[:, 0]), 0.0)
     best = np.where(exact >= 0, 1.0, best)
-    if count and context.neighbor_indices.shape[1]:
-        nearest = context.neighbor_indices[:, 0]
-        nearest_similarity = np.where(nearest >= 0, context.neighbor_similarities[:, 0], np.nan).astype(float)
-    else:
-        nearest, nearest_similarity = np.full(count, -1), np.full(count, np.nan)
+    nearest, nearest_similarity = nearest_neighbor_columns(context)
     table = pd.DataFrame({
         "score": np.clip(best, 0, 1),
         "is_issue": (near >= 0) & ~keep,
@@ -960,10 +963,7 @@ def find_verified_leaks(context: FinderContext, verifier: VerifierCalibration | 
     verifier = _validate_verifier(verifier)
     threshold = _threshold(verifier, threshold)
     count = len(context)
-    if pairs is None:
-        pairs = verified_pairs(context, signatures, verifier, k)
-    else:
-        _validate_signatures(signatures, count)
+    pairs = _pairs_for(context, signatures, verifier, k, pairs)
     leak_row = np.full(count, -1, dtype=np.int64)
     leak_similarity = np.full(count, np.nan)
     leak_probability = np.zeros(count)
