@@ -388,8 +388,12 @@ def calibrate(embeddings: np.ndarray, labels: np.ndarray, names: list[str], grap
     best_by_rule = {}
     for key, values in ranked:
         best_by_rule.setdefault(key[3], row(key, values))
+    from curation.finders.mislabels import FALLBACK_WEIGHTS
+
     default = MislabelConfig()
-    default_share = default.neighbor_weight / (default.neighbor_weight + default.classifier_weight)
+    # The weights are chosen per dataset now ("auto"); the calibration grid compares fixed ones,
+    # so the fixed fallback stands for the default here.
+    default_share = FALLBACK_WEIGHTS[1] / sum(FALLBACK_WEIGHTS)
     default_rule = "cleanlab_or_threshold" if default.use_cleanlab_flag else "threshold"
     default_key = (default_share, default.n_neighbors, default.cleanlab_on, default_rule, default.threshold)
     return {

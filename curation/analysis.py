@@ -88,8 +88,11 @@ def findings_columns() -> list[str]:
     """The findings CSV columns, in order (see the README's "Findings CSV contract")."""
     specs = finder_specs()
     first = [c for spec in specs if spec.findings_version <= 1 for c in spec.findings_columns]
-    later = [c for spec in sorted((s for s in specs if s.findings_version > 1), key=lambda s: s.findings_version)
-             for c in spec.findings_columns]
+    blocks = [(spec.findings_version, position, spec.findings_columns) for position, spec in enumerate(specs)
+              if spec.findings_version > 1]
+    blocks += [(version, position, columns) for position, spec in enumerate(specs)
+               for version, columns in spec.added_findings_columns]
+    later = [c for _, _, columns in sorted(blocks, key=lambda block: block[:2]) for c in columns]
     return [*LEADING_FINDINGS_COLUMNS, *first, *CLUSTER_FIELDS, *later]
 
 
@@ -583,9 +586,112 @@ def ensure_pixel_digests(dataset, ids: list[str]) -> list[str | None]:
     return [value or None for value in values]
 
 
-# What analyze can fill into the context for finders that declare it in ``context_needs``.
+VERIFIER_INFO_KEY = "duplicate_verifier"
+# Record fields of an embedding run that do not change its vectors (an incremental run
+# rewrites them); everything else (model, weights, input size, ...) identifies the vectors.
+_VOLATILE_RUN_KEYS = ("updated_at", "device", "fallback_reason")
+# A verifier's prior (duplicate pairs among candidate pairs) was set for a dataset size; one
+# this many times larger or smaller is calibrated again.
+VERIFIER_SIZE_TOLERANCE = 1.5
+
+
+def _embedding_run_identity(dataset, field: str) -> dict | None:
+    record = curation_info(dataset).get("embeddings", {}).get(field)
+    if not isinstance(record, dict) or "model_spec" not in record:
+        return None
+    return {key: value for key, value in record.items() if key not in _VOLATILE_RUN_KEYS}
+
+
+def stored_verifier(dataset, field: str, count: int | None = None) -> dict | None:
+    """The near-duplicate verifier calibrated for ``field`` (``VerifierCalibration.to_dict()``
+    plus ``embedding_run`` and ``updated_at``), or None when there is none or it no longer
+    fits: the field was re-embedded with another model or settings, or the dataset's size
+    (``count``) changed more than :data:`VERIFIER_SIZE_TOLERANCE` times."""
+    stored = curation_info(dataset).get(VERIFIER_INFO_KEY, {}).get(field)
+    if not isinstance(stored, dict):
+        return None
+    if stored.get("embedding_run") != _embedding_run_identity(dataset, field):
+        return None
+    size = stored.get("dataset_size") or 0
+    if count is not None and not (size / VERIFIER_SIZE_TOLERANCE <= count <= size * VERIFIER_SIZE_TOLERANCE):
+        return None
+    return stored
+
+
+def calibrate_verifier_for(dataset, context: FinderContext, *, sample_size: int | None = None,
+                           target_precision: float = 0.9, device: str = "auto", progress=None) -> dict:
+    """Self-calibrate the near-duplicate verifier on ``context`` (the dataset's own images, edited,
+    embedded with the model of its embedding field) and store it in the dataset info.
+
+    ``sample_size``: images that get edited copies; default ``min(200, max(20, N // 10))``.
+
+    Raises:
+        AnalysisError: no record of the model behind the embedding field.
+        ModelUnavailableError: that model cannot be loaded (e.g. its weights are gone).
+        FinderInputError: too few usable images to calibrate on.
+    """
+    from curation.finders.verification import calibrate_verifier, cached_signatures
+
+    field = context.embedding_field
+    identity = _embedding_run_identity(dataset, field)
+    if identity is None:
+        raise AnalysisError(f"no record of the model behind {field!r}; re-run `curation embed --dataset {dataset.name}`")
+    count = len(context)
+    if sample_size is None:
+        sample_size = min(200, max(20, count // 10))
+    signatures = context.signatures
+    if signatures is None:
+        signatures = context.signatures = cached_signatures(dataset.name, list(context.filepaths))
+    embedder = _field_embedder(dataset, field, device)
+    k = min(10, context.neighbor_indices.shape[1])
+    verifier = calibrate_verifier(list(context.filepaths), context.embeddings, context.neighbor_indices,
+                                  context.neighbor_similarities, embedder, signatures=signatures, k=k,
+                                  sample_size=sample_size, target_precision=target_precision, progress=progress)
+    record = {**verifier.to_dict(), "embedding_run": identity, "updated_at": now_iso()}
+    stored = dict(curation_info(dataset).get(VERIFIER_INFO_KEY, {}))
+    stored[field] = record
+    update_curation_info(dataset, **{VERIFIER_INFO_KEY: stored})
+    return record
+
+
+def _field_embedder(dataset, field: str, device: str):  # TEMPORARY until embeddings.embedder_for_field lands
+    from curation.models import ModelSpec, load_embedder
+
+    run = curation_info(dataset).get("embeddings", {}).get(field, {})
+    return load_embedder(ModelSpec(**run["model_spec"]), device=device, allow_fallback=False)
+
+
+def ensure_duplicate_verifier(dataset, context: FinderContext) -> dict | None:
+    """The stored verifier for the context's embedding field, calibrating one first when none
+    fits (the first ``analyze`` of a dataset and model). When that is impossible (no model
+    record, model not loadable, too few images) returns None and sets
+    ``context.duplicate_verifier_note``: the finders then fall back to the cosine threshold
+    and say why."""
+    from curation.models import ModelUnavailableError
+
+    stored = stored_verifier(dataset, context.embedding_field, len(context))
+    if stored is not None:
+        return stored
+    try:
+        return calibrate_verifier_for(dataset, context)
+    except (CurationError, ModelUnavailableError, OSError) as error:
+        logger.warning("near-duplicate verifier not calibrated on %s: %s", dataset.name, error)
+        context.duplicate_verifier_note = f"verifier not calibrated: {error}"
+        return None
+
+
+def _load_signatures(dataset, context: FinderContext):
+    from curation.finders.verification import cached_signatures
+
+    return cached_signatures(dataset.name, list(context.filepaths))
+
+
+# What analyze can fill into the context for finders that declare it in ``context_needs``,
+# in this order (a later loader may use what an earlier one filled in).
 CONTEXT_LOADERS: dict[str, Callable] = {
     "pixel_digests": lambda dataset, context: ensure_pixel_digests(dataset, list(context.ids)),
+    "signatures": _load_signatures,
+    "duplicate_verifier": ensure_duplicate_verifier,
 }
 
 
@@ -604,13 +710,15 @@ def analyze(dataset, finders: list[str] | None = None, *, field: str | None = No
     context = build_context(dataset, field=field, label_field=label_field, split_field=split_field)
     configs = dict(configs or {})
     specs = [get_spec(name) for name in finders]
+    needs = set(need for spec in specs for need in spec.context_needs)
+    unknown = sorted(needs - set(CONTEXT_LOADERS))
+    if unknown:
+        raise AnalysisError(f"a finder needs {unknown[0]!r}, which analyze cannot provide; it can: {', '.join(CONTEXT_LOADERS)}")
+    for need in (name for name in CONTEXT_LOADERS if name in needs):
+        setattr(context, need, CONTEXT_LOADERS[need](dataset, context))
     for spec in specs:  # a finder's settings for this dataset (e.g. the calibrated threshold)
         if spec.dataset_config is not None and spec.name not in configs:
             configs[spec.name] = spec.dataset_config(dataset, context)
-    for need in dict.fromkeys(need for spec in specs for need in spec.context_needs):
-        if need not in CONTEXT_LOADERS:
-            raise AnalysisError(f"a finder needs {need!r}, which analyze cannot provide; it can: {', '.join(CONTEXT_LOADERS)}")
-        setattr(context, need, CONTEXT_LOADERS[need](dataset, context))
     report = run_finders(context, finders, configs=configs, progress=progress)
     report.run_id = write_findings(dataset, context, report)
     return report
@@ -660,34 +768,41 @@ def stored_threshold(dataset, field: str) -> float | None:
     return curation_info(dataset).get("calibration", {}).get(field, {}).get("threshold")
 
 
-def calibrate_dataset(dataset, *, field: str | None = None, sample_size: int = 100, target_precision: float = 0.95,
-                      device: str = "auto"):
-    """Calibrate the near-duplicate threshold for the dataset's embeddings and store it.
+def calibrate_dataset(dataset, *, field: str | None = None, sample_size: int | None = None,
+                      target_precision: float = 0.9, device: str = "auto") -> dict:
+    """Calibrate the near-duplicate verifier on the dataset's own images again and store it
+    (``analyze`` does this by itself the first time); returns the stored record.
 
     Args:
-        sample_size: images to edit and look for, >= 1 (100 takes about a minute on a CPU).
-        target_precision: in (0, 1]; the lowest threshold reaching it is chosen.
+        sample_size: images that get edited copies, >= 1 (default ``min(200, max(20, N // 10))``;
+            200 x 4 copies take one to two minutes on a CPU).
+        target_precision: in (0, 1]; the lowest threshold expected to reach it is chosen.
 
     Raises:
         CurationInputError: ``sample_size`` or ``target_precision`` out of range.
+        AnalysisError, ModelUnavailableError, FinderInputError: see :func:`calibrate_verifier_for`.
     """
-    from curation.finders.calibration import calibrate_threshold
-    from curation.models import ModelSpec, load_embedder
-
-    if isinstance(sample_size, bool) or not isinstance(sample_size, (int, np.integer)) or sample_size < 1:
+    if sample_size is not None and (isinstance(sample_size, bool) or not isinstance(sample_size, (int, np.integer))
+                                    or sample_size < 1):
         raise CurationInputError(f"sample_size: expected a whole number >= 1, got {sample_size!r}")
     if not isinstance(target_precision, (int, float)) or not math.isfinite(target_precision) \
             or not 0 < target_precision <= 1:
         raise CurationInputError(f"target_precision: expected a number in (0, 1], got {target_precision!r}")
     context = build_context(dataset, field=field)
-    field = context.embedding_field
-    run = curation_info(dataset).get("embeddings", {}).get(field, {})
-    if "model_spec" not in run:
-        raise AnalysisError(f"no record of the model behind {field!r}; re-run `curation embed --dataset {dataset.name}`")
-    embedder = load_embedder(ModelSpec(**run["model_spec"]), device=device, allow_fallback=False)
-    calibration = calibrate_threshold(list(context.filepaths), context.embeddings, context.neighbor_similarities, embedder,
-                                      sample_size=sample_size, target_precision=target_precision)
-    stored = dict(curation_info(dataset).get("calibration", {}))
-    stored[field] = {**calibration.to_dict(), "updated_at": now_iso()}
-    update_curation_info(dataset, calibration=stored)
-    return calibration
+    return calibrate_verifier_for(dataset, context, sample_size=sample_size, target_precision=target_precision,
+                                  device=device)
+
+
+def attach_stored_verifier(dataset, context: FinderContext) -> bool:
+    """Give ``context`` the image signatures and the stored verifier of its embedding field
+    (no calibration; for the pages, which show what ``analyze`` calibrated). True when both
+    are there; otherwise ``context.duplicate_verifier_note`` says why not."""
+    context.duplicate_verifier = stored_verifier(dataset, context.embedding_field, len(context))
+    if context.duplicate_verifier is None:
+        context.duplicate_verifier_note = ("not calibrated for this embedding field yet: run `curation analyze` "
+                                           "or calibrate on this page")
+        return False
+    if context.signatures is None:
+        context.signatures = _load_signatures(dataset, context)
+    context.duplicate_verifier_note = None
+    return True

@@ -205,11 +205,13 @@ def cmd_calibrate(args) -> int:
     from curation.analysis import calibrate_dataset
     from curation.datasets import load_dataset
 
-    calibration = calibrate_dataset(load_dataset(args.dataset), field=args.field, sample_size=args.sample_size,
-                                    target_precision=args.target_precision)
-    print(f"near-duplicate threshold {calibration.threshold:.3f}: precision {calibration.precision:.3f}, "
-          f"recall {calibration.recall:.3f} on {calibration.sample_size} images x {len(calibration.recall_by_transform)} edits "
-          f"({', '.join(f'{k} {v:.2f}' for k, v in calibration.recall_by_transform.items())})")
+    record = calibrate_dataset(load_dataset(args.dataset), field=args.field, sample_size=args.sample_size,
+                               target_precision=args.target_precision)
+    print(f"near-duplicate verifier: verified probability >= {record['threshold']:.3f}, expected precision "
+          f"{record['precision']:.2f} at {record['duplicate_rate']:g} duplicate pairs per image; recall "
+          f"{record['recall']:.2f} of edited copies of {record['sample_size']} images x {record['copies_per_image']} "
+          f"({', '.join(f'{k} {v:.2f}' for k, v in record['recall_by_edit'].items())}); "
+          "`curation analyze` uses it from now on")
     return 0
 
 
@@ -604,12 +606,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_map_options(demo)
     demo.set_defaults(handler=cmd_demo)
 
-    calibrating = commands.add_parser("calibrate", help="choose the near-duplicate threshold on the dataset's own images")
+    calibrating = commands.add_parser("calibrate", help="calibrate the near-duplicate verifier on the dataset's own "
+                                      "images again (analyze does it the first time)")
     calibrating.add_argument("--dataset", required=True)
     calibrating.add_argument("--field", help="embedding field (default: the dataset's latest)")
-    calibrating.add_argument("--sample-size", type=_whole_number(1), default=100, help="images to edit and look for")
-    calibrating.add_argument("--target-precision", type=_number_in(0, 1, low_open=True), default=0.95,
-                             help="precision the threshold must reach, in (0, 1]")
+    calibrating.add_argument("--sample-size", type=_whole_number(1), default=None,
+                             help="images to edit and look for (default: a tenth of the dataset, 20 to 200)")
+    calibrating.add_argument("--target-precision", type=_number_in(0, 1, low_open=True), default=0.9,
+                             help="precision expected on the dataset at the chosen threshold, in (0, 1]")
     calibrating.set_defaults(handler=cmd_calibrate)
 
     analyzing = commands.add_parser("analyze", help="run the finders and store their results on the samples")

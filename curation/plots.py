@@ -56,7 +56,8 @@ def class_count_bar(counts: dict[str, int], *, title: str = "Samples per class")
     return figure
 
 
-def precision_recall_figure(curve: dict | pd.DataFrame, chosen_threshold: float) -> go.Figure:
+def precision_recall_figure(curve: dict | pd.DataFrame, chosen_threshold: float, *,
+                            x_title: str = "similarity threshold") -> go.Figure:
     """Precision and recall against the threshold, with the chosen threshold marked."""
     curve = pd.DataFrame(curve)
     figure = go.Figure([
@@ -65,7 +66,7 @@ def precision_recall_figure(curve: dict | pd.DataFrame, chosen_threshold: float)
     ])
     figure.add_vline(x=chosen_threshold, line_dash="dash", annotation_text=f"{chosen_threshold:.3f}")
     figure.update_layout(height=300, margin={"l": 10, "r": 10, "t": 20, "b": 10},
-                         xaxis_title="similarity threshold", yaxis_range=[0, 1.02])
+                         xaxis_title=x_title, yaxis_range=[0, 1.02])
     return figure
 
 

@@ -1,9 +1,8 @@
-"""Duplicates: near-duplicate groups with a live threshold, keep/remove per image, leaks between splits."""
+"""Duplicates: near-duplicate groups (verified pairs, live threshold), keep/remove per image, leaks between splits."""
 
 import streamlit as st
 
-from curation.analysis import stored_threshold, calibrate_dataset
-from curation.datasets import curation_info
+from curation.analysis import attach_stored_verifier, calibrate_dataset, stored_threshold
 from curation.decisions import decisions_for, record_decision
 from curation.finders.base import FinderInputError
 from curation.finders.duplicates import DEFAULT_THRESHOLD, DuplicateConfig, find_duplicates, group_members
@@ -14,33 +13,50 @@ from pages.common import bump_data_version, errors_shown, finder_context, open_p
 
 dataset, field = open_page("Duplicates")
 context = finder_context(dataset.name, field, st.session_state["label_field"], dataset.exists(field).count())
+verified = attach_stored_verifier(dataset, context)
 
-calibrated = stored_threshold(dataset, field)
 controls = st.columns([3, 2], vertical_alignment="bottom")
-threshold = controls[0].slider("Similarity threshold", 0.80, 1.00, float(calibrated or DEFAULT_THRESHOLD), 0.005,
-                               format="%.3f", key=f"dup_threshold_{field}",
-                               help="Pairs at or above this cosine similarity are near duplicates.")
-if controls[1].button("Calibrate on this dataset", help="Embeds edited copies (flip, crop, JPEG, brightness) of 100 "
-                      "of its images and picks the threshold that finds them at 95% precision"):
+if verified:
+    verifier = context.duplicate_verifier
+    threshold = controls[0].slider(
+        "Verified probability threshold", 0.01, 1.00, float(min(max(verifier["threshold"], 0.01), 1.0)), 0.01,
+        format="%.2f", key=f"dup_probability_{field}",
+        help="Candidate pairs (each image's nearest neighbours) scored by a verifier calibrated on this dataset's "
+             "own edited images: embedding similarity plus low-resolution pixel and hash similarity. Pairs at or "
+             "above this probability are near duplicates.")
+    config = DuplicateConfig(method="verified", probability_threshold=threshold)
+else:
+    threshold = controls[0].slider("Similarity threshold", 0.80, 1.00, float(stored_threshold(dataset, field) or DEFAULT_THRESHOLD),
+                                   0.005, format="%.3f", key=f"dup_threshold_{field}",
+                                   help="Pairs at or above this cosine similarity are near duplicates.")
+    config = DuplicateConfig(method="cosine", threshold=threshold)
+if controls[1].button("Calibrate on this dataset", help="Embeds edited copies (crops, shifts, flips, colour, JPEG, noise, "
+                      "blur) of up to 200 of its images, compares them with each image's nearest neighbours, and fits "
+                      "the verifier and its threshold (about a minute on a CPU)"):
     with errors_shown():
-        with st.spinner("Embedding edited copies of 100 images…"):
-            calibration = calibrate_dataset(dataset, field=field)
-        st.session_state.pop(f"dup_threshold_{field}", None)
-        st.success(f"Calibrated threshold: {calibration.threshold:.3f} (precision {calibration.precision:.2f}, "
-                   f"recall {calibration.recall:.2f})")
+        with st.spinner("Embedding edited copies of the dataset's images…"):
+            record = calibrate_dataset(dataset, field=field)
+        st.session_state.pop(f"dup_probability_{field}", None)
+        st.success(f"Calibrated: verified probability >= {record['threshold']:.2f} (expected precision "
+                   f"{record['precision']:.2f}, recall {record['recall']:.2f} of edited copies)")
         st.rerun()
 
-stored = curation_info(dataset).get("calibration", {}).get(field)
-if stored:
-    with st.expander(f"Calibration: threshold {stored['threshold']:.3f}, precision {stored['precision']:.2f}, "
-                     f"recall {stored['recall']:.2f} on {stored['sample_size']} images"):
-        st.plotly_chart(precision_recall_figure(stored["curve"], stored["threshold"]), width="stretch", key="pr_curve")
-        st.caption("Recall per edit at the chosen threshold: "
-                   + ", ".join(f"{name} {value:.0%}" for name, value in stored["recall_by_transform"].items()))
+if verified:
+    with st.expander(f"Calibration: probability >= {verifier['threshold']:.2f}, expected precision "
+                     f"{verifier['precision']:.2f}, recall {verifier['recall']:.2f} of edited copies of "
+                     f"{verifier['sample_size']} images"):
+        st.plotly_chart(precision_recall_figure(verifier["curve"], verifier["threshold"],
+                                                x_title="verified probability threshold"),
+                        width="stretch", key="pr_curve")
+        st.caption(f"Precision is the one expected on this dataset, with {verifier['duplicate_rate']:.2g} duplicate "
+                   "pairs per image (estimated from its own candidate pairs); recall is measured on the edited copies, "
+                   "which are easier than real re-shoots. "
+                   "Recall per edit at the chosen threshold: "
+                   + ", ".join(f"{name} {value:.0%}" for name, value in verifier["recall_by_edit"].items()))
 else:
-    st.caption(f"Threshold not calibrated for this model yet; the default is {DEFAULT_THRESHOLD}.")
+    st.caption(f"Near duplicates by cosine similarity only: the verifier is {context.duplicate_verifier_note}.")
 
-result = find_duplicates(context, DuplicateConfig(threshold=threshold))
+result = find_duplicates(context, config)
 members = group_members(result, context)
 counts = st.columns(3)
 counts[0].metric("Groups", f"{members['group'].nunique():,}")
@@ -93,7 +109,7 @@ with tab_groups:
 
 with tab_leaks:
     try:
-        leaks = find_leaks(context, DuplicateConfig(threshold=threshold))
+        leaks = find_leaks(context, config)
     except FinderInputError as error:
         st.info(f"Leakage check unavailable: {error}.")
     else:

@@ -134,18 +134,36 @@ def test_findings_page_runs_the_finders_and_lists_their_summaries(app, embedded_
     assert len(table) == 60 and "outlier_score" in table.columns
 
 
-def test_duplicates_page_shows_groups_counts_and_threshold(app, embedded_dataset):
+def test_duplicates_page_shows_groups_counts_and_threshold(app, embedded_dataset, fresh_name, monkeypatch):
+    from curation.analysis import VERIFIER_INFO_KEY
+    from curation.datasets import curation_info, update_curation_info
+
+    clone = embedded_dataset.clone(fresh_name)
+    update_curation_info(clone, **{VERIFIER_INFO_KEY: {}})  # not calibrated yet: cosine similarity
+    monkeypatch.setenv("CURATION_DATASET", fresh_name)
     at = app("pages/duplicates.py")
-    assert at.title[0].value == f"Duplicates · {embedded_dataset.name}"
+    assert at.title[0].value == f"Duplicates · {fresh_name}"
     metrics = _metrics(at)
     assert set(metrics) == {"Groups", "Samples in groups", "Suggested for removal"}
     slider = at.slider[0]
-    assert slider.value == pytest.approx(0.95)
+    assert slider.label == "Similarity threshold" and slider.value == pytest.approx(0.95)
+    assert any("by cosine similarity only" in c.value and "not calibrated" in c.value for c in at.caption)
     loose = slider.set_value(0.80).run()
     assert not loose.exception
     looser_groups = int(_metrics(loose)["Samples in groups"].replace(",", ""))
     assert looser_groups >= int(metrics["Samples in groups"].replace(",", ""))
     assert any("Leakage check unavailable" in i.value and "train/val/test tags" in i.value for i in loose.info)
+
+    # Calibrating switches the page to verified pairs, with the calibration curve.
+    calibrated = next(b for b in loose.button if b.label == "Calibrate on this dataset").click().run()
+    assert not calibrated.exception, [e.value for e in calibrated.exception]
+    field = curation_info(clone)["default_embeddings"]
+    stored = curation_info(clone)[VERIFIER_INFO_KEY][field]
+    slider = calibrated.slider[0]
+    assert slider.label == "Verified probability threshold"
+    assert slider.value == pytest.approx(max(round(stored["threshold"], 2), 0.01), abs=0.01)
+    assert any(e.label.startswith("Calibration: probability >=") for e in calibrated.expander)
+    assert set(_metrics(calibrated)) == {"Groups", "Samples in groups", "Suggested for removal"}
 
 
 def test_mislabels_page_checks_labels_and_accepts_a_suggestion(app, small_class_tree, fresh_name, monkeypatch):

@@ -581,3 +581,52 @@ def test_flipped_labels_of_real_images_rank_near_the_top(embedded_dataset):
     flagged = result.table["is_issue"].to_numpy()
     assert 1 <= flagged[flipped].sum() and flagged.sum() <= 10
     assert "the classifier agrees with" in result.summary
+
+
+# --- signal weights chosen per dataset -------------------------------------------------
+
+def _weight_case(classifier_knows: bool, seed: int = 0):
+    """400 samples of 4 classes, 5% of labels flipped; either the classifier's probabilities
+    carry the true class and the neighbour graph is noise, or the other way round."""
+    from curation.finders.mislabels import _Signal, _neighbor_signal
+
+    rng = np.random.default_rng(seed)
+    count, n_classes = 400, 4
+    truth = np.arange(count) % n_classes
+    given = truth.copy()
+    flipped = rng.choice(count, 20, replace=False)
+    given[flipped] = (truth[flipped] + 1) % n_classes
+    centres = rng.normal(size=(n_classes, 16)) * 4
+    embeddings = rng.normal(size=(count, 16)) if classifier_knows else centres[truth] + rng.normal(size=(count, 16))
+    context = make_context(embeddings, labels=[f"c{c}" for c in given], k=15)
+    if classifier_knows:
+        distribution = np.full((count, n_classes), 0.02)
+        distribution[np.arange(count), truth] = 0.94
+    else:
+        distribution = rng.dirichlet(np.ones(n_classes), size=count)
+    classifier = _Signal(distribution[np.arange(count), given], distribution)
+    everyone = np.ones(count, dtype=bool)
+    neighbours = _neighbor_signal(context, MislabelConfig(), given.astype(np.int64), everyone, everyone, n_classes).signal
+    return context, classifier, neighbours, everyone
+
+
+@pytest.mark.parametrize("classifier_knows", [True, False])
+def test_weights_follow_the_signal_that_predicts_the_labels(classifier_knows):
+    from curation.finders.mislabels import choose_signal_weights
+
+    context, classifier, neighbours, everyone = _weight_case(classifier_knows)
+    chosen = choose_signal_weights(context, MislabelConfig(), classifier, neighbours, None, everyone)
+    losses = {float(share): value for share, value in chosen["log_loss_by_classifier_share"].items()}
+    assert set(losses) == {0.75, 1.0, 0.5, 0.25} and losses[chosen["classifier"]] == min(losses.values())
+    assert chosen["neighbors"] == pytest.approx(1 - chosen["classifier"])
+    assert chosen["classifier"] == (1.0 if classifier_knows else 0.25)
+
+
+def test_weights_are_fixed_below_the_minimum_given_when_given_and_recorded(flipped_context):
+    result = find_mislabels(flipped_context)
+    weights = result.info["weights"]
+    assert (weights["classifier"], weights["neighbors"]) == (0.75, 0.25) and weights["chosen_by"].startswith("fixed")
+    given = find_mislabels(flipped_context, MislabelConfig(classifier_weight=0.5, neighbor_weight=0.5)).info["weights"]
+    assert given == {"classifier": 0.5, "neighbors": 0.5, "chosen_by": "given", "zero_shot": given["zero_shot"]}
+    half = find_mislabels(flipped_context, MislabelConfig(neighbor_weight=0.0)).info["weights"]
+    assert (half["classifier"], half["neighbors"]) == (0.75, 0.0)

@@ -35,8 +35,8 @@ def test_queue_holds_exactly_the_flagged_samples_ranked_by_priority(analysed):
 def test_agreeing_finders_rank_above_either_alone(analysed):
     queue = review_queue(analysed, "ground_truth")
     for row in queue.itertuples():
-        scores = {"mislabels": row.mislabel_score, "duplicates": row.nearest_neighbor_similarity,
-                  "leakage": row.leak_similarity, "outliers": row.outlier_score, "label_next": row.uncertainty_score}
+        scores = {"mislabels": row.mislabel_score, "duplicates": row.duplicate_score,
+                  "leakage": row.leak_score, "outliers": row.outlier_score, "label_next": row.uncertainty_score}
         used = [QUEUE_WEIGHTS[name] * min(max(scores[name] or 0.0, 0.0), 1.0) for name in row.finders]
         assert row.priority >= max(used) - 1e-9
         if sum(u > 0 for u in used) > 1:

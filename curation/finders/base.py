@@ -69,6 +69,13 @@ class FinderContext:
             duplicates; None when not computed.
         class_text_embeddings: {class name: (D,) text embedding} for the zero-shot signal of
             the mislabel finder without loading a model; None to use the model's encoder.
+        signatures: (N,) low-resolution image signatures
+            (:func:`curation.finders.verification.compute_signatures`) for verifying near
+            duplicates; None when not computed.
+        duplicate_verifier: the near-duplicate verifier calibrated on this dataset and
+            embedding field (:meth:`VerifierCalibration.to_dict`); None when there is none,
+            and then ``duplicate_verifier_note`` says why (the duplicate and leakage finders
+            fall back to a cosine threshold).
         extras: free-form inputs of callers outside this package (kept for compatibility:
             ``extras["class_text_embeddings"]`` is read when the typed field is None).
 
@@ -89,9 +96,16 @@ class FinderContext:
     split_source: str | None = None
     pixel_digests: Sequence[str | None] | None = None
     class_text_embeddings: dict[str, np.ndarray] | None = None
+    signatures: np.ndarray | None = None
+    duplicate_verifier: dict[str, Any] | None = None
+    duplicate_verifier_note: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     # Not an __init__ argument, so ``dataclasses.replace`` (which may change the labels) starts empty.
     _out_of_fold_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    # The decoded small images for the pixel model, read once from ``filepaths`` (see out_of_fold).
+    _pixel_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    # Verified candidate pairs, shared by the duplicate and leakage finders of one analysis.
+    _pairs_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -103,14 +117,20 @@ class FinderContext:
         distinct settings and shared: the mislabel and label-next finders and the balance
         report of one analysis use one fit.
 
+        The pixel model: unless ``pixel_model="off"``, explicit ``C`` and ``dimensions`` or
+        explicit ``pixels``, the images of ``filepaths`` are passed as ``pixels`` when they
+        are small and the data set eligible (decoded once per context,
+        :func:`curation.finders.pixel_classifier.pixels_for_context`); otherwise the reason
+        is in ``info["pixel_model"]``.
+
         The cache key is the settings after the function's own defaults are applied (so
-        ``seed=0`` and nothing mean the same) and the identity of the embedding and label
+        ``seed=0`` and nothing mean the same), the identity of the embedding, label and pixel
         arrays and the labels themselves (a context whose labels were replaced refits).
 
         Raises:
             FinderInputError: as the classifier (fewer than two classes, ...); not cached.
         """
-        from curation.finders import classifier
+        from curation.finders import classifier, pixel_classifier
 
         labels = self.labels if self.labels is not None else np.full(len(self), None, dtype=object)
         present = classifier.label_mask(labels)
@@ -119,11 +139,27 @@ class FinderContext:
         bound = inspect.signature(classifier.compute_out_of_fold_predictions).bind(
             self.embeddings, given, sample_keys=keys, **settings)
         bound.apply_defaults()
-        fixed = {name: value for name, value in bound.arguments.items()
-                 if name not in ("embeddings", "labels", "sample_keys")}
-        key = (id(self.embeddings), id(self.labels), tuple(given), tuple(sorted(fixed.items())))
+        arguments = bound.arguments
+        pixel_reason = None
+        if (arguments.get("pixels") is None and arguments.get("pixel_model", "off") != "off"
+                and classifier.AUTO in (arguments.get("C"), arguments.get("dimensions"))):
+            images, pixel_reason = pixel_classifier.pixels_for_context(
+                self.filepaths, int(present.sum()), arguments["n_folds"], arguments["pixel_budget"],
+                arguments["pixel_model"], self._pixel_cache)
+            if images is not None:
+                arguments["pixels"] = images
+            elif arguments["pixel_model"] == "cnn":
+                raise FinderInputError(f"pixel_model: 'cnn' needs the images, and they cannot be used: {pixel_reason}")
+        pixels = arguments.get("pixels")
+        fixed = {name: value for name, value in arguments.items()
+                 if name not in ("embeddings", "labels", "sample_keys", "pixels")}
+        key = (id(self.embeddings), id(self.labels), tuple(given), tuple(sorted(fixed.items())),
+               None if pixels is None else id(pixels))
         if key not in self._out_of_fold_cache:
-            self._out_of_fold_cache[key] = classifier.compute_out_of_fold_predictions(*bound.args, **bound.kwargs)
+            result = classifier.compute_out_of_fold_predictions(*bound.args, **bound.kwargs)
+            if pixels is None and pixel_reason is not None:
+                result.info["pixel_model"] = {"used": False, "reason": pixel_reason}
+            self._out_of_fold_cache[key] = result
         return self._out_of_fold_cache[key]
 
 
@@ -227,6 +263,8 @@ class FinderSpec:
         findings_version: the version of the findings CSV contract that added its columns:
             version 1 columns sit before ``cluster``; later ones after it, so the documented
             columns never move (new finders keep the default 2).
+        added_findings_columns: ``((version, columns), ...)``: columns an existing finder
+            added in a later contract version; they go after every column of earlier versions.
     """
 
     name: str
@@ -244,6 +282,7 @@ class FinderSpec:
     dataset_config: Callable[[Any, FinderContext], Any] | None = None
     findings_columns: tuple[str, ...] = ()
     findings_version: int = 2
+    added_findings_columns: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.fields]
@@ -252,7 +291,8 @@ class FinderSpec:
         flag = {f.name: f for f in self.fields}.get(self.flag_field)
         if flag is None or flag.kind != "bool":
             raise ValueError(f"finder {self.name!r}: flag_field {self.flag_field!r} must be one of its bool fields")
-        missing = [c for c in (self.queue_score, *self.findings_columns) if c not in names]
+        added = [c for _, columns in self.added_findings_columns for c in columns]
+        missing = [c for c in (self.queue_score, *self.findings_columns, *added) if c not in names]
         if missing:
             raise ValueError(f"finder {self.name!r}: {missing} are not among its fields {names}")
         unknown = [r for r in self.requires if r not in REQUIREMENTS]

@@ -44,6 +44,7 @@ from typing import Any, Literal, NamedTuple, Sequence
 import numpy as np
 
 from curation.finders.base import FinderInputError
+from curation.finders.pixel_classifier import DEFAULT_PIXEL_BUDGET
 
 AUTO = "auto"
 FIXED_DIMENSIONS = 128  # the settings used before per-data-set selection (chosen on Fashion-MNIST)
@@ -355,8 +356,12 @@ class _Selector:
         probabilities[:, model.classes_] = model.predict_proba(features[test_rows])
         return probabilities
 
-    def _holdout(self, fold: int, train_rows: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A stratified share of ``train_rows`` to compare candidates on (classes of 1 stay in training)."""
+    def _holdout(self, fold: int, train_rows: np.ndarray, y: np.ndarray, full: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """A stratified share of ``train_rows`` to compare candidates on (classes of 1 stay in training).
+
+        ``full``: the whole split, before the bounded subsample the candidates are compared on
+        (the pixel model trains and is compared on it).
+        """
         rng = np.random.default_rng([self.seed, fold])
         held = np.zeros(len(train_rows), dtype=bool)
         for value in np.unique(y[train_rows]):
@@ -365,6 +370,8 @@ class _Selector:
             if take > 0:
                 held[rng.choice(members, size=take, replace=False)] = True
         inner_train, inner_test = train_rows[~held], train_rows[held]
+        if full:
+            return inner_train, inner_test
         # Comparing candidates on a bounded sample keeps the selection's cost flat in N; the
         # ranking of settings is what matters here, and the winner is refitted on everything.
         if len(inner_train) > SELECTION_MAX_TRAIN:
@@ -501,6 +508,9 @@ def compute_out_of_fold_predictions(
     sample_keys: Sequence[Any] | np.ndarray | None = None,
     standardize: bool = False,
     selection_budget: float = DEFAULT_SELECTION_BUDGET,
+    pixels: Any = None,
+    pixel_model: str = "auto",
+    pixel_budget: float = DEFAULT_PIXEL_BUDGET,
 ) -> OutOfFoldPredictions:
     """Cross-validated class probabilities for every labelled sample, and predictions for the rest.
 
@@ -530,17 +540,32 @@ def compute_out_of_fold_predictions(
             for the whole run (a deterministic estimate from the array sizes, so the choice
             does not depend on the machine's load); the most expensive candidates are left
             out first and listed in ``info["selection"]["left_out_for_budget"]``.
+        pixels: the images themselves, for a small CNN compared per fold with the embedding
+            model (:mod:`curation.finders.pixel_classifier`): a
+            :class:`~curation.finders.pixel_classifier.PixelImages`, or an (N, side, side) or
+            (N, side, side, 1 or 3) array in input order; None (default): embeddings only,
+            exactly as before. Needs the selection (``C`` or ``dimensions`` ``"auto"``).
+        pixel_model: ``"auto"`` (default): when ``pixels`` are given, the images small, the
+            data set large enough and the estimated cost within ``pixel_budget``, train the
+            CNN per fold and use, per fold, the embedding model, the CNN or their mixture,
+            whichever has the lowest log loss on the inner hold-out; ``"cnn"``: the CNN alone
+            in every fold (no size or budget rule); ``"off"``: never. What was chosen, the
+            inner losses, the time, or why it was skipped: ``info["pixel_model"]``.
+        pixel_budget: bound on the CNN's estimated seconds for the whole run (a deterministic
+            estimate from the sizes, see ``pixel_classifier.estimated_seconds``).
 
     Returns:
         An :class:`OutOfFoldPredictions`.
 
     Raises:
         FinderInputError: malformed input, fewer than two classes, or no class with at least
-            two usable samples (nothing can be cross-validated).
+            two usable samples (nothing can be cross-validated); ``pixel_model="cnn"``
+            without ``pixels``.
     """
     embeddings, labels = _validate(embeddings, labels, n_folds, dimensions, C)
     if not (isinstance(selection_budget, (int, float)) and np.isfinite(selection_budget) and selection_budget > 0):
         raise FinderInputError(f"selection_budget: expected a positive number of estimated seconds, got {selection_budget!r}")
+    images = _validate_pixels(pixels, pixel_model, pixel_budget, len(embeddings))
     from threadpoolctl import threadpool_limits
 
     # One BLAS thread: these matrices are small, and on a shared CPU OpenBLAS's spinning
@@ -548,12 +573,59 @@ def compute_out_of_fold_predictions(
     with threadpool_limits(limits=1, user_api="blas"):
         return _compute(embeddings, labels, n_folds=n_folds, seed=seed, C=C, dimensions=dimensions,
                         max_iter=max_iter, sample_keys=sample_keys, standardize=standardize,
-                        selection_budget=float(selection_budget))
+                        selection_budget=float(selection_budget), images=images, pixel_model=pixel_model,
+                        pixel_budget=float(pixel_budget))
+
+
+def _validate_pixels(pixels: Any, pixel_model: str, pixel_budget: float, n_samples: int):
+    """The pixels as a PixelImages (or None); FinderInputError for malformed ones."""
+    from curation.finders import pixel_classifier
+
+    if pixel_model not in pixel_classifier.PIXEL_MODELS:
+        raise FinderInputError(f"pixel_model: expected one of {', '.join(pixel_classifier.PIXEL_MODELS)}, got {pixel_model!r}")
+    if not (isinstance(pixel_budget, (int, float)) and np.isfinite(pixel_budget) and pixel_budget > 0):
+        raise FinderInputError(f"pixel_budget: expected a positive number of estimated seconds, got {pixel_budget!r}")
+    if pixels is None:
+        if pixel_model == "cnn":
+            raise FinderInputError("pixel_model: 'cnn' needs the images: pixels is None")
+        return None
+    try:
+        images = pixel_classifier.as_pixel_images(pixels)
+    except ValueError as error:
+        raise FinderInputError(f"pixels: {error}") from None
+    if len(images.pixels) != n_samples or len(images.readable) != n_samples:
+        raise FinderInputError(f"pixels: expected {n_samples} images to match the embeddings, got {len(images.pixels)}")
+    return images
+
+
+def _pixel_comparison(images, pixel_model: str, pixel_budget: float, selector: "_Selector", splits, cross_validated,
+                      always_train, y_full: np.ndarray, n_samples: int, n_predict: int, n_classes: int, seed: int):
+    """(PixelComparison or None, the reason when None) for this run."""
+    from curation.finders import pixel_classifier
+
+    if images is None:
+        return None, "no pixels given"
+    if pixel_model == "off":
+        return None, "off (pixel_model='off')"
+    readable = images.readable
+    train_sizes, predict_sizes = [], []
+    for fold, (train, test) in enumerate(splits):
+        train_rows = np.concatenate([cross_validated[train], always_train])
+        inner_train, inner_test = selector._holdout(fold, train_rows, y_full, full=True)
+        train_sizes.append(int(readable[inner_train].sum()))
+        predict_sizes.append(int(readable[inner_test].sum() + readable[cross_validated[test]].sum()) + n_predict)
+    use, reason, estimate, device = pixel_classifier.plan(
+        images, n_samples, len(cross_validated), train_sizes, predict_sizes, pixel_model=pixel_model, budget=pixel_budget)
+    if not use:
+        return None, reason
+    return pixel_classifier.PixelComparison(images, n_classes, seed=seed, force_cnn=pixel_model == "cnn", device=device,
+                                            threads=pixel_classifier.default_threads(), estimate=estimate), "ok"
 
 
 def _compute(embeddings: np.ndarray, labels: np.ndarray, *, n_folds: int, seed: int, C: float | str,
              dimensions: int | None | str, max_iter: int, sample_keys: Sequence[Any] | np.ndarray | None,
-             standardize: bool, selection_budget: float) -> OutOfFoldPredictions:
+             standardize: bool, selection_budget: float, images=None, pixel_model: str = "auto",
+             pixel_budget: float = DEFAULT_PIXEL_BUDGET) -> OutOfFoldPredictions:
     from sklearn.model_selection import StratifiedKFold
 
     n_samples = len(labels)
@@ -628,15 +700,35 @@ def _compute(embeddings: np.ndarray, labels: np.ndarray, *, n_folds: int, seed: 
     if wants_selection and len(cross_validated) >= MIN_SELECTION_SAMPLES:
         selector = _Selector(embeddings[usable_ordered], usable_ordered, n_samples, len(classes), seed=seed,
                              max_iter=int(max_iter), standardize=standardize, C=C, dimensions=dimensions)
+        comparison, pixel_reason = _pixel_comparison(images, pixel_model, pixel_budget, selector, splits, cross_validated,
+                                                     always_train, y_full, n_samples, len(predictable), len(classes), seed)
         for fold, (train, test) in enumerate(splits):
             train_rows = np.concatenate([cross_validated[train], always_train])
             test_rows = cross_validated[test]
             probabilities = selector.fit_predict_fold(fold, train_rows, y_full, test_rows, budget=selection_budget / folds)
+            if comparison is not None:
+                inner_train, inner_test = selector._holdout(fold, train_rows, y_full, full=True)
+                chosen = selector.chosen[-1]
+
+                def embedding_predict(train_part, predict_part, chosen=chosen):
+                    return selector._predict(chosen, train_part, y_full, predict_part)
+
+                probabilities = comparison.fold(fold, inner_train, inner_test, test_rows, y_full, probabilities,
+                                                embedding_predict, predictable).chosen
             pred_probs[position_in_labelled[test_rows]] = probabilities
             checkable[position_in_labelled[test_rows]] = True
         if len(predictable):
             unlabelled_probs[usable[unlabelled_rows]] = selector.fit_predict_all(trainable, y_full, predictable)
+            mixed = comparison.unlabelled_probabilities() if comparison is not None else None
+            if mixed is not None:
+                unlabelled_probs[usable[unlabelled_rows]] = mixed
         info = {**selector.summary(), **common, "n_uncheckable": int((~checkable).sum())}
+        if comparison is not None:
+            info["pixel_model"] = comparison.summary()
+            if any(weight > 0 for weight in comparison.weights):
+                info["model"] += "; per fold mixed with a small CNN on the pixels where the inner hold-out preferred it"
+        else:
+            info["pixel_model"] = {"used": False, "reason": pixel_reason}
         return OutOfFoldPredictions(pred_probs, classes, labelled, checkable, unlabelled_probs, info)
 
     fixed_C = FIXED_C if C == AUTO else C
@@ -657,6 +749,15 @@ def _compute(embeddings: np.ndarray, labels: np.ndarray, *, n_folds: int, seed: 
         probabilities = model.fit_predict(features[trainable], y_full[trainable], features[predictable], len(classes))
         unlabelled_probs[usable[unlabelled_rows]] = probabilities
 
+    if images is None:
+        pixel_reason = "no pixels given"
+    elif pixel_model == "off":
+        pixel_reason = "off (pixel_model='off')"
+    elif wants_selection:
+        pixel_reason = (f"{len(cross_validated)} cross-validated samples, too few to compare the pixel model "
+                        f"(the selection needs {MIN_SELECTION_SAMPLES})")
+    else:
+        pixel_reason = "explicit C and dimensions: no inner selection to compare the pixel model on"
     info = {
         "model": "multinomial logistic regression (lbfgs) on PCA features" + (", standardised" if standardize else ""),
         **common,
@@ -669,6 +770,7 @@ def _compute(embeddings: np.ndarray, labels: np.ndarray, *, n_folds: int, seed: 
         "selection": (f"skipped: {len(cross_validated)} cross-validated samples, fewer than the {MIN_SELECTION_SAMPLES} "
                       f"needed to choose settings; used C={fixed_C}, dimensions={fixed_dimensions}")
                      if wants_selection else "off: explicit C and dimensions",
+        "pixel_model": {"used": False, "reason": pixel_reason},
     }
     return OutOfFoldPredictions(pred_probs, classes, labelled, checkable, unlabelled_probs, info)
 

@@ -23,15 +23,45 @@ from curation.images import ImageLoadError, image_info, load_rgb
 DEFAULT_THRESHOLD = 0.95
 
 
+METHODS = ("auto", "verified", "cosine")
+
+
 @dataclass(frozen=True)
 class DuplicateConfig:
-    """``threshold``: cosine similarity at or above which two images are near duplicates.
+    """How near duplicates (and leaks between splits) are decided.
 
-    It depends on the model; :func:`curation.finders.calibration.calibrate_threshold`
-    chooses it on the dataset itself. Values in [0.90, 0.98] are typical for CLIP ViT-B/32.
+    Attributes:
+        method: ``"verified"``: candidate pairs from the neighbour graph, each scored by the
+            verifier calibrated on this dataset (:mod:`curation.finders.verification`);
+            ``"cosine"``: pairs at or above ``threshold`` cosine similarity; ``"auto"``
+            (default): verified when the context holds a calibrated verifier and the image
+            signatures (``analyze`` provides both), else cosine, and the result's info says why.
+        threshold: the cosine threshold of the cosine method. It depends on the model;
+            ``curation calibrate`` stores one per dataset. Values in [0.90, 0.98] are
+            typical for CLIP ViT-B/32.
+        probability_threshold: the verified probability to flag at; None: the calibrated one.
     """
 
+    method: str = "auto"
     threshold: float = DEFAULT_THRESHOLD
+    probability_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise FinderInputError(f"duplicate method: expected one of {', '.join(METHODS)}, got {self.method!r}")
+
+
+def resolve_method(context: FinderContext, config: DuplicateConfig) -> tuple[str, str | None]:
+    """The method ``config`` means on ``context`` and, when auto fell back to cosine, why."""
+    available = context.duplicate_verifier is not None and context.signatures is not None
+    if config.method == "verified" and not available:
+        raise FinderInputError("verified near duplicates need a calibrated verifier and image signatures: "
+                               + (context.duplicate_verifier_note or "run `curation analyze` or `curation calibrate`"))
+    if config.method == "auto":
+        if available:
+            return "verified", None
+        return "cosine", context.duplicate_verifier_note or "no calibrated verifier in this context"
+    return config.method, None
 
 
 def file_digest(path: str | os.PathLike) -> str | None:
@@ -141,12 +171,33 @@ def nearest_neighbor_columns(context: FinderContext) -> tuple[np.ndarray, np.nda
 
 def find_duplicates(context: FinderContext, config: DuplicateConfig = DuplicateConfig(),
                     *, pixel_digests: list[str | None] | None = None) -> FinderResult:
-    """Near-duplicate groups from the neighbour graph, plus exact (pixel-identical) groups.
+    """Near-duplicate groups, plus exact (pixel-identical) groups, by ``config.method``.
 
-    Columns: ``score`` (similarity to the most similar other sample, clipped to [0, 1]),
+    Columns: ``score`` (the verified probability of the sample's most probable partner, or
+    under the cosine method its similarity to the most similar other sample, in [0, 1]),
     ``is_issue`` (in a group and not its suggested keeper), ``near_duplicate_group``,
-    ``exact_duplicate_group``, ``keep``, ``nearest_neighbor_id``, ``nearest_neighbor_similarity``.
+    ``exact_duplicate_group``, ``keep``, ``nearest_neighbor_id``, ``nearest_neighbor_similarity``,
+    ``duplicate_partner_id`` (the partner ``score`` refers to). The verified method adds
+    ``duplicate_probability``; ``info["method"]`` says which ran and, after a fallback, why.
     """
+    method, fallback = resolve_method(context, config)
+    if method == "verified":
+        from curation.finders.verification import find_verified_duplicates
+
+        result = find_verified_duplicates(context, context.duplicate_verifier, context.signatures,
+                                          threshold=config.probability_threshold, pixel_digests=pixel_digests)
+        result.info["method"] = "verified"
+        return result
+    result = _find_cosine_duplicates(context, config, pixel_digests)
+    result.info["method"] = "cosine"
+    if fallback:
+        result.info["fallback_reason"] = fallback
+        result.summary += f" (cosine threshold: {fallback})"
+    return result
+
+
+def _find_cosine_duplicates(context: FinderContext, config: DuplicateConfig,
+                            pixel_digests: list[str | None] | None) -> FinderResult:
     if not 0 < config.threshold <= 1:
         raise FinderInputError(f"duplicate threshold: expected a cosine similarity in (0, 1], got {config.threshold}")
     count = len(context)
@@ -167,6 +218,7 @@ def find_duplicates(context: FinderContext, config: DuplicateConfig = DuplicateC
         "keep": keep | (near < 0),
         "nearest_neighbor_id": [context.ids[j] if j >= 0 else None for j in nearest],
         "nearest_neighbor_similarity": nearest_similarity.astype(float),
+        "duplicate_partner_id": [context.ids[j] if j >= 0 else None for j in nearest],
     }, index=pd.Index(context.ids, name="id"))
     groups = int(len(np.unique(near[near >= 0])))
     in_groups = int((near >= 0).sum())
@@ -205,8 +257,9 @@ def group_members(result: FinderResult, context: FinderContext) -> pd.DataFrame:
 
 
 def dataset_config(dataset, context: FinderContext) -> DuplicateConfig:
-    """The config ``analyze`` uses on ``dataset``: the calibrated threshold of its embedding
-    field (``curation calibrate``), else :data:`DEFAULT_THRESHOLD`. Shared by leakage."""
+    """The config ``analyze`` uses on ``dataset``: verified when ``analyze`` calibrated a
+    verifier (``method="auto"``); the cosine fallback at the threshold stored for the embedding
+    field by an earlier cosine calibration, else :data:`DEFAULT_THRESHOLD`. Shared by leakage."""
     from curation.analysis import stored_threshold
 
     return DuplicateConfig(threshold=stored_threshold(dataset, context.embedding_field) or DEFAULT_THRESHOLD)
@@ -223,8 +276,11 @@ def _keepers(result: FinderResult, context: FinderContext) -> list:
 
 
 def describe(row: dict) -> str:
-    return (f"near duplicate of {Path(row['nearest_neighbor_filepath'] or '?').name} "
-            f"(similarity {row['nearest_neighbor_similarity']:.3f}), not the suggested keeper")
+    partner = row.get("duplicate_partner_filepath") or row.get("nearest_neighbor_filepath") or "?"
+    score = row.get("duplicate_score")
+    if score is None:
+        score = row.get("nearest_neighbor_similarity") or 0.0
+    return f"near duplicate of {Path(partner).name} (score {score:.3f}), not the suggested keeper"
 
 
 SPEC = FinderSpec(
@@ -238,13 +294,16 @@ SPEC = FinderSpec(
         FindingField("nearest_neighbor_similarity", "float", column="nearest_neighbor_similarity"),
         FindingField("duplicate_flag", "bool", column="is_issue"),
         FindingField("duplicate_keeper", "bool", derive=_keepers),
+        FindingField("duplicate_score", "float", column="score"),
+        FindingField("duplicate_partner_filepath", "str", derive=filepaths_of("duplicate_partner_id")),
     ),
     flag_field="duplicate_flag",
-    queue_score="nearest_neighbor_similarity",
-    queue_fields=("nearest_neighbor_filepath",),
+    queue_score="duplicate_score",
+    queue_fields=("duplicate_partner_filepath", "nearest_neighbor_filepath", "nearest_neighbor_similarity"),
     describe=describe,
-    context_needs=("pixel_digests",),
+    context_needs=("pixel_digests", "signatures", "duplicate_verifier"),
     dataset_config=dataset_config,
     findings_columns=("near_duplicate_group", "nearest_neighbor_filepath", "nearest_neighbor_similarity"),
     findings_version=1,
+    added_findings_columns=((2, ("duplicate_score", "duplicate_partner_filepath")),),
 )

@@ -14,17 +14,35 @@ import numpy as np
 import pandas as pd
 
 from curation.finders.base import FinderContext, FinderInputError, FinderResult, FinderSpec, FindingField, filepaths_of
-from curation.finders.duplicates import DuplicateConfig, dataset_config
+from curation.finders.duplicates import DuplicateConfig, dataset_config, resolve_method
 
 
 def find_leaks(context: FinderContext, config: DuplicateConfig = DuplicateConfig()) -> FinderResult:
-    """Near duplicates that sit in different splits (the same image in train and test).
+    """Near duplicates that sit in different splits (the same image in train and test), decided
+    as the duplicate finder decides (``config.method``; verified pairs are shared with it).
 
-    Columns: ``score`` (similarity of the most similar sample in another split, 0 if none
-    reaches the threshold), ``is_issue``, ``leak_id``, ``leak_similarity``, ``leak_split``.
+    Columns: ``score`` (the verified probability, or under the cosine method the similarity,
+    of the sample's best partner in another split; 0 if none reaches the threshold),
+    ``is_issue``, ``leak_id``, ``leak_similarity`` (that pair's cosine), ``leak_split``.
     """
     if context.splits is None:
         raise FinderInputError("leakage needs splits: expected a split field or train/val/test tags, found neither")
+    method, fallback = resolve_method(context, config)
+    if method == "verified":
+        from curation.finders.verification import find_verified_leaks
+
+        result = find_verified_leaks(context, context.duplicate_verifier, context.signatures,
+                                     threshold=config.probability_threshold)
+        result.info["method"] = "verified"
+        return result
+    result = _find_cosine_leaks(context, config)
+    result.info["method"] = "cosine"
+    if fallback:
+        result.info["fallback_reason"] = fallback
+    return result
+
+
+def _find_cosine_leaks(context: FinderContext, config: DuplicateConfig) -> FinderResult:
     count = len(context)
     leak_row = np.full(count, -1, dtype=np.int64)
     leak_similarity = np.full(count, np.nan)
@@ -75,8 +93,9 @@ def leak_pairs(result: FinderResult, context: FinderContext) -> pd.DataFrame:
 
 
 def describe(row: dict) -> str:
-    return (f"same image in another split: {Path(row['leak_filepath'] or '?').name} "
-            f"(similarity {row['leak_similarity']:.3f})")
+    score = row.get("leak_score")
+    score = row.get("leak_similarity") if score is None else score
+    return f"same image in another split: {Path(row['leak_filepath'] or '?').name} (score {score or 0.0:.3f})"
 
 
 SPEC = FinderSpec(
@@ -88,13 +107,15 @@ SPEC = FinderSpec(
         FindingField("leak_filepath", "str", derive=filepaths_of("leak_id")),
         FindingField("leak_similarity", "float", column="leak_similarity"),
         FindingField("leak_flag", "bool", column="is_issue"),
+        FindingField("leak_score", "float", column="score"),
     ),
     flag_field="leak_flag",
-    queue_score="leak_similarity",
-    queue_fields=("leak_filepath",),
+    queue_score="leak_score",
+    queue_fields=("leak_filepath", "leak_similarity"),
     describe=describe,
     requires=("splits",),
     dataset_config=dataset_config,
     findings_columns=("leak_filepath", "leak_similarity"),
     findings_version=1,
+    added_findings_columns=((2, ("leak_score",)),),
 )

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -148,6 +149,75 @@ def compute_signatures(filepaths: Sequence[str | os.PathLike], *, workers: int |
     if failures:
         logger.warning("signatures: %d of %d images could not be decoded (first: %s: %s); their pairs are not verified",
                        len(failures), len(filepaths), *failures[0])
+    return signatures
+
+
+def _file_stamp(path: str) -> tuple[int, int]:
+    """(mtime in ns, size) of a file, (-1, -1) when it cannot be stat'ed (never matches a cache row)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return -1, -1
+    return int(status.st_mtime_ns), int(status.st_size)
+
+
+def _signature_cache_path(key: str):
+    from curation.paths import cache_dir
+
+    return cache_dir() / "signatures" / (hashlib.sha1(json.dumps(["signatures-v1", key]).encode()).hexdigest() + ".npz")
+
+
+def _read_signature_cache(path) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            entry = {name: stored[name] for name in stored.files}
+        blob = entry["paths"].tobytes().decode()
+        entry["paths"] = blob.split("\n") if blob else []
+        if entry["signatures"].dtype != SIGNATURE_DTYPE or entry["signatures"].shape != (len(entry["paths"]),) \
+                or entry["stamps"].shape != (len(entry["paths"]), 2):
+            raise ValueError("arrays do not match the stored paths")
+        return entry
+    except Exception as error:  # noqa: BLE001 - any unreadable cache file is a miss, recomputed
+        logger.warning("ignoring unreadable signature cache %s: %s", path, error)
+        return None
+
+
+def cached_signatures(key: str, filepaths: Sequence[str | os.PathLike], *, workers: int | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """:func:`compute_signatures`, read from / written to a disk cache named by ``key``
+    (the dataset's name), under ``$CURATION_CACHE_DIR/signatures``.
+
+    A cached row is reused when its file has the same path, modification time and size;
+    only new or changed files are decoded. Files are never written; the cache file is
+    replaced atomically, so a reader never sees half of it; an unreadable cache is logged
+    and rebuilt.
+    """
+    from curation.files import atomic_file
+
+    filepaths = [str(path) for path in filepaths]
+    stamps = np.array([_file_stamp(path) for path in filepaths], dtype=np.int64).reshape(len(filepaths), 2)
+    path = _signature_cache_path(key)
+    entry = _read_signature_cache(path)
+    signatures = np.zeros(len(filepaths), dtype=SIGNATURE_DTYPE)
+    missing = np.ones(len(filepaths), dtype=bool)
+    if entry is not None:
+        cached = {(p, int(a), int(b)): row for row, (p, (a, b)) in enumerate(zip(entry["paths"], entry["stamps"]))}
+        for row, (filepath, (mtime, size)) in enumerate(zip(filepaths, stamps)):
+            hit = cached.get((filepath, int(mtime), int(size))) if mtime >= 0 else None
+            if hit is not None:
+                signatures[row] = entry["signatures"][hit]
+                missing[row] = False
+    if missing.any():
+        rows = np.flatnonzero(missing)
+        signatures[rows] = compute_signatures([filepaths[row] for row in rows], workers=workers, progress=progress)
+        keep = stamps[:, 0] >= 0
+        with atomic_file(path, make_parents=True) as partial:
+            np.savez(partial, signatures=signatures[keep], stamps=stamps[keep],
+                     paths=np.frombuffer("\n".join(np.array(filepaths, dtype=object)[keep]).encode(), dtype=np.uint8))
+    elif progress:
+        progress(len(filepaths), len(filepaths))
     return signatures
 
 
@@ -691,8 +761,35 @@ def _dataset_curve(positives: np.ndarray, negatives: np.ndarray, expected_duplic
     return pd.DataFrame({"threshold": cuts, "precision": precision, "recall": recall, "false_positive_rate": false_rate})
 
 
+# Bounds of the estimated duplicate rate (duplicate pairs per image): at least half a pair in
+# the dataset, so a clean dataset still gets a finite, strict threshold; at most one pair per
+# four images.
+MIN_EXPECTED_DUPLICATES = 0.5
+MAX_DUPLICATE_RATE = 0.25
+
+
+def estimate_duplicate_share(log_ratios: np.ndarray, *, floor: float, ceiling: float = 0.5,
+                             iterations: int = 200) -> float:
+    """The share of duplicates among candidate pairs, by expectation-maximisation of the
+    prior (Saerens, Latinne and Decaestecker, 2002): given each pair's likelihood ratio
+    (duplicate vs not, from a model fitted with balanced classes), the prior ``pi`` that
+    maximises the likelihood of the observed pairs satisfies ``pi = mean(posterior(pi))``.
+    Clipped to ``[floor, ceiling]``."""
+    log_ratios = np.asarray(log_ratios, dtype=np.float64)
+    if not log_ratios.size:
+        return floor
+    share = min(max(0.01, floor), ceiling)
+    for _ in range(iterations):
+        posterior = 1.0 / (1.0 + np.exp(-np.clip(log_ratios + _logit(share), -50, 50)))
+        updated = min(max(float(posterior.mean()), floor), ceiling)
+        if abs(updated - share) < 1e-9:
+            break
+        share = updated
+    return share
+
+
 def fit_verifier(pairs: CalibrationPairs, *, features: Sequence[str] = DEFAULT_FEATURES, target_precision: float = 0.9,
-                 duplicate_rate: float = 0.005, folds: int = 5, regularization: float = 1.0) -> VerifierCalibration:
+                 duplicate_rate: float | str = "auto", folds: int = 5, regularization: float = 1.0) -> VerifierCalibration:
     """Fit the pair model on calibration pairs and choose its threshold out of fold.
 
     Args:
@@ -700,8 +797,10 @@ def fit_verifier(pairs: CalibrationPairs, *, features: Sequence[str] = DEFAULT_F
         features: a subset of :data:`FEATURE_NAMES` (``("cosine",)`` is a calibrated
             cosine threshold, the baseline).
         target_precision: in (0, 1); the expected precision on the dataset to reach.
-        duplicate_rate: duplicate pairs per image assumed present, in (0, 0.5]; 0.005 (one
-            pair per 200 images) is deliberately low, which makes the threshold strict.
+        duplicate_rate: duplicate pairs per image assumed present, in (0, 0.5], or ``"auto"``
+            (default): estimated from the dataset's own candidate pairs by
+            :func:`estimate_duplicate_share` on their out-of-fold likelihood ratios, between
+            half a pair in the dataset and :data:`MAX_DUPLICATE_RATE`.
         folds: cross-validation folds by sampled image for the out-of-fold curve.
         regularization: the logistic regression's inverse regularisation strength ``C``.
     """
@@ -714,8 +813,8 @@ def fit_verifier(pairs: CalibrationPairs, *, features: Sequence[str] = DEFAULT_F
         raise FinderInputError(f"features: expected a non-empty subset of {list(FEATURE_NAMES)}, got {list(features)}")
     if not 0 < target_precision < 1:
         raise FinderInputError(f"target_precision: expected a value in (0, 1), got {target_precision}")
-    if not 0 < duplicate_rate <= 0.5:
-        raise FinderInputError(f"duplicate_rate: expected duplicate pairs per image in (0, 0.5], got {duplicate_rate}")
+    if duplicate_rate != "auto" and (isinstance(duplicate_rate, (str, bool)) or not 0 < duplicate_rate <= 0.5):
+        raise FinderInputError(f"duplicate_rate: expected duplicate pairs per image in (0, 0.5] or 'auto', got {duplicate_rate!r}")
     frame = pairs.pairs
     labels = frame["label"].to_numpy(dtype=bool)
     if labels.all() or not labels.any():
@@ -723,9 +822,8 @@ def fit_verifier(pairs: CalibrationPairs, *, features: Sequence[str] = DEFAULT_F
                                f"{int((~labels).sum())}")
     values = frame[list(features)].to_numpy(dtype=np.float64)
     groups = frame["group"].to_numpy()
-    expected_duplicates = duplicate_rate * pairs.dataset_size
-    share = min(expected_duplicates / max(pairs.candidate_pairs, 1), 0.5)
-    prior = _logit(share)
+    kind = frame["kind"].to_numpy()
+    candidates = max(pairs.candidate_pairs, 1)
 
     def fit(rows: np.ndarray):
         mean, scale = values[rows].mean(axis=0), values[rows].std(axis=0)
@@ -734,21 +832,28 @@ def fit_verifier(pairs: CalibrationPairs, *, features: Sequence[str] = DEFAULT_F
         model.fit((values[rows] - mean) / scale, labels[rows])
         return mean, scale, model
 
-    def predict(fitted, rows: np.ndarray) -> np.ndarray:
+    def log_ratio(fitted, rows: np.ndarray) -> np.ndarray:
         mean, scale, model = fitted
-        logit = model.decision_function((values[rows] - mean) / scale) + prior
-        return 1.0 / (1.0 + np.exp(-np.clip(logit, -50, 50)))
+        return model.decision_function((values[rows] - mean) / scale)
 
-    out_of_fold = np.zeros(len(frame))
+    raw = np.zeros(len(frame))  # out-of-fold log likelihood ratios (balanced classes: no prior in them)
     splitter = GroupKFold(n_splits=max(2, min(folds, len(np.unique(groups)))))
     for train, test in splitter.split(values, labels, groups):
         if labels[train].all() or not labels[train].any():
             raise FinderInputError("calibration pairs: a fold lacks positives or negatives; raise sample_size")
-        out_of_fold[test] = predict(fit(train), test)
+        raw[test] = log_ratio(fit(train), test)
+    if duplicate_rate == "auto":
+        floor = min(MIN_EXPECTED_DUPLICATES / candidates, 0.5)
+        ceiling = min(max(MAX_DUPLICATE_RATE * pairs.dataset_size / candidates, floor), 0.5)
+        share = estimate_duplicate_share(raw[kind == "neighbour"], floor=floor, ceiling=ceiling)
+        duplicate_rate = share * candidates / pairs.dataset_size
+    share = min(duplicate_rate * pairs.dataset_size / candidates, 0.5)
+    expected_duplicates = share * candidates
+    prior = _logit(share)
+    out_of_fold = 1.0 / (1.0 + np.exp(-np.clip(raw + prior, -50, 50)))
 
     # The dataset's neighbour pairs may hold its real duplicates: set aside at most the share
-    # the assumed rate implies, and only those scoring like the copies.
-    kind = frame["kind"].to_numpy()
+    # the estimated rate implies, and only those scoring like the copies.
     positives = out_of_fold[labels]
     neighbour = np.flatnonzero(kind == "neighbour")
     allowance = int(round(share * len(neighbour)))
@@ -787,7 +892,7 @@ def fit_verifier(pairs: CalibrationPairs, *, features: Sequence[str] = DEFAULT_F
 def calibrate_verifier(filepaths: Sequence[str], embeddings: np.ndarray, neighbor_indices: np.ndarray,
                        neighbor_similarities: np.ndarray, embedder, *, signatures: np.ndarray | None = None, k: int = 10,
                        sample_size: int = 200, copies_per_image: int = 4, negative_sample_size: int = 5000,
-                       target_precision: float = 0.9, duplicate_rate: float = 0.005,
+                       target_precision: float = 0.9, duplicate_rate: float | str = "auto",
                        features: Sequence[str] = DEFAULT_FEATURES, seed: int = 0,
                        progress: Callable[[int, int], None] | None = None) -> VerifierCalibration:
     """Self-calibrate the near-duplicate verifier on this dataset (see the module docstring).
@@ -876,11 +981,17 @@ def _partner_arrays(count: int, row_a: np.ndarray, row_b: np.ndarray, probabilit
 
 
 def _pairs_for(context, signatures, verifier, k, pairs):
-    """``pairs`` as given (after checking ``signatures``) or computed by :func:`verified_pairs`."""
-    if pairs is None:
-        return verified_pairs(context, signatures, verifier, k)
-    _validate_signatures(signatures, len(context))
-    return pairs
+    """``pairs`` as given (after checking ``signatures``), or :func:`verified_pairs`, computed
+    once per context, verifier and k (the duplicate and leakage finders of one analysis share them)."""
+    if pairs is not None:
+        _validate_signatures(signatures, len(context))
+        return pairs
+    key = (id(signatures), json.dumps(verifier.to_dict(), sort_keys=True, default=str), k)
+    cache = context._pairs_cache
+    if key not in cache:
+        cache.clear()  # one verifier per analysis: keep only the latest
+        cache[key] = verified_pairs(context, signatures, verifier, k)
+    return cache[key]
 
 
 def find_verified_duplicates(context: FinderContext, verifier: VerifierCalibration | dict, signatures: np.ndarray,
