@@ -340,7 +340,9 @@ def evaluate(name: str, args, embedder: CachingEmbedder) -> dict:
     truth = {pair_key(a, b) for a, b in data["pairs"]}
     timings = {}
     started = time.perf_counter()
-    cached = bench_dir() / f"{name}-{args.size}-{args.planted}-{args.seed}-v{BENCH_VERSION}" / f"embeddings-{MODEL}.npy"
+    inputs = embedder.embedder.input_config()
+    cached = (bench_dir() / f"{name}-{args.size}-{args.planted}-{args.seed}-v{BENCH_VERSION}"
+              / f"embeddings-{MODEL}-{inputs['image_size']}-{inputs['crop']}-{int(bool(inputs['flip_tta']))}.npy")
     if cached.exists():
         embeddings = np.load(cached)
     else:
@@ -542,7 +544,12 @@ def main(argv: list[str] | None = None) -> int:
     from curation.models import load_embedder
 
     torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
-    embedder = CachingEmbedder(load_embedder(MODEL, device="cpu", allow_fallback=False), bench_dir() / "vectors")
+    from curation.models import auto_image_size
+
+    loaded = load_embedder(MODEL, device="cpu", allow_fallback=False)
+    # The input size `curation embed` chooses for these 28 px images (models.auto_image_size).
+    loaded = loaded.with_input(image_size=auto_image_size(loaded.native_size, 28))
+    embedder = CachingEmbedder(loaded, bench_dir() / "vectors")
     if args.embed_only:
         data = build_set(args.embed_only, args.size, args.planted, args.seed)
         embed_paths(data["paths"], embedder)
@@ -554,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop("FIFTYONE_DATABASE_URI", None)
         mongod = start_mongod(work)
     results = {"settings": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
-               "model": MODEL, "graph_k": GRAPH_K, "machine": platform.platform(), "cpus": os.cpu_count(),
+               "model": MODEL, "model_input": embedder.embedder.input_config(), "graph_k": GRAPH_K, "machine": platform.platform(), "cpus": os.cpu_count(),
                "load_average_start": os.getloadavg(), "datasets": {}}
     try:
         for name in args.datasets.split(","):

@@ -114,7 +114,12 @@ def embed_idx_images(images_path: Path, *, model: str = MODEL, limit: int | None
     pixels = read_idx(images_path)
     if limit is not None:
         pixels = pixels[:limit]
-    embedder = load_embedder(model, device="cpu", allow_fallback=False)
+    # The preprocess these cached vectors were made with (shorter side 256, centre crop 224),
+    # pinned: `curation embed` now picks 160 px, no crop, for 28 px images (bench_input_size.py
+    # compares the two), and a cache key without the preprocess must not mix them.
+    from curation.models import LEGACY_CROP, LEGACY_IMAGE_SIZE
+
+    embedder = load_embedder(model, device="cpu", allow_fallback=False, image_size=LEGACY_IMAGE_SIZE, crop=LEGACY_CROP)
     # On a shared CPU one intra-op thread per process embedded 3x more images per CPU-second
     # than two (12.7 vs 4 images/s): the second thread mostly spins waiting for the first.
     torch.set_num_threads(threads or max(1, os.cpu_count() or 1))

@@ -630,6 +630,7 @@ def calibrate_verifier_for(dataset, context: FinderContext, *, sample_size: int 
         ModelUnavailableError: that model cannot be loaded (e.g. its weights are gone).
         FinderInputError: too few usable images to calibrate on.
     """
+    from curation.embeddings import embedder_for_field
     from curation.finders.verification import calibrate_verifier, cached_signatures
 
     field = context.embedding_field
@@ -642,7 +643,7 @@ def calibrate_verifier_for(dataset, context: FinderContext, *, sample_size: int 
     signatures = context.signatures
     if signatures is None:
         signatures = context.signatures = cached_signatures(dataset.name, list(context.filepaths))
-    embedder = _field_embedder(dataset, field, device)
+    embedder = embedder_for_field(dataset, field, device=device)
     k = min(10, context.neighbor_indices.shape[1])
     verifier = calibrate_verifier(list(context.filepaths), context.embeddings, context.neighbor_indices,
                                   context.neighbor_similarities, embedder, signatures=signatures, k=k,
@@ -652,13 +653,6 @@ def calibrate_verifier_for(dataset, context: FinderContext, *, sample_size: int 
     stored[field] = record
     update_curation_info(dataset, **{VERIFIER_INFO_KEY: stored})
     return record
-
-
-def _field_embedder(dataset, field: str, device: str):  # TEMPORARY until embeddings.embedder_for_field lands
-    from curation.models import ModelSpec, load_embedder
-
-    run = curation_info(dataset).get("embeddings", {}).get(field, {})
-    return load_embedder(ModelSpec(**run["model_spec"]), device=device, allow_fallback=False)
 
 
 def ensure_duplicate_verifier(dataset, context: FinderContext) -> dict | None:

@@ -117,14 +117,15 @@ def _embed(dataset, args) -> None:
         run = compute_embeddings(dataset, model=args.model, checkpoint=args.checkpoint, device=args.device,
                                  batch_size=args.batch_size, num_workers=args.workers,
                                  allow_fallback=not args.no_fallback, retry_failed=args.retry_failed,
-                                 progress=update)
+                                 image_size=args.image_size, flip_tta=args.flip_tta or None, progress=update)
     finally:
         bar.close()
     if run.fallback_reason:
         print(f"note: {run.fallback_reason}", file=sys.stderr)
     for path, reason in run.failures:
         print(f"skipped: {path}: {reason}", file=sys.stderr)
-    print(f"embedded {run.embedded} new samples with {run.model} on {run.device} into field {run.field!r} "
+    size = f" at {run.image_size} px" + (" with flip TTA" if run.flip_tta else "") if run.image_size else ""
+    print(f"embedded {run.embedded} new samples with {run.model}{size} on {run.device} into field {run.field!r} "
           f"({run.already_done} already done, {len(run.failures)} skipped)")
 
 
@@ -550,6 +551,18 @@ def _add_view_options(parser: argparse.ArgumentParser) -> None:
     view.add_argument("--label-field", help="classification field (default: the dataset's)")
 
 
+def _image_size(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels from 32 to 1024 or 'auto', got {text!r}") from None
+    if not 32 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels from 32 to 1024 or 'auto', got {text!r}")
+    return value
+
+
 def _add_embed_options(parser: argparse.ArgumentParser) -> None:
     from curation.models import DEFAULT_MODEL, MODEL_REGISTRY
 
@@ -560,6 +573,11 @@ def _add_embed_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=_whole_number(0), help="image-decoding worker processes (0: in the main process)")
     parser.add_argument("--no-fallback", action="store_true", help="fail instead of using the offline model")
     parser.add_argument("--retry-failed", action="store_true", help="retry images that failed to decode before")
+    parser.add_argument("--image-size", type=_image_size, default="auto",
+                        help="input size in px for EfficientNet models, or auto (default: 160 for images of 40 px or "
+                             "less, else up to 4x the typical side, at most the model's own size); CLIP keeps 224")
+    parser.add_argument("--flip-tta", action="store_true",
+                        help="average each image's embedding with its mirror's (EfficientNet; twice the cost)")
 
 
 def _add_map_options(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,13 @@ first: rerunning is free, new samples cost only themselves, and a run that is ki
 with ``kill -9``, where no handler runs) loses seconds of work at most and resumes where it
 stopped. Files that cannot be decoded, or are larger than ``MAX_EMBED_PIXELS``, get a reason
 in ``embeddings_<model>_error`` and never stop the run.
+
+Input size: for models that take any size (EfficientNet-Lite), ``image_size="auto"`` picks it
+from the data (:func:`curation.models.auto_image_size` on the median longer side of up to
+``SIZE_SAMPLE`` images): 28 px images are embedded at 160 px, large photos at the native size.
+The size, crop and flip TTA are stored in the run record (``dataset.info["curation"]
+["embeddings"][field]``), and a field is never mixed: later runs on it reuse what the record
+says. :func:`embedder_for_field` loads the model exactly as a field was embedded.
 """
 
 from __future__ import annotations
@@ -21,8 +28,18 @@ from typing import Callable
 import numpy as np
 
 from curation.datasets import curation_info, now_iso, update_curation_info
-from curation.images import ImageLoadError, load_rgb
-from curation.models import DEFAULT_MODEL, Embedder, ModelSpec, load_embedder, resolve_model
+from curation.images import ImageLoadError, image_info, load_rgb
+from curation.models import (
+    DEFAULT_MODEL,
+    LEGACY_CROP,
+    LEGACY_IMAGE_SIZE,
+    Embedder,
+    ModelSpec,
+    ModelUnavailableError,
+    auto_image_size,
+    load_embedder,
+    resolve_model,
+)
 from curation.errors import CurationInputError, MissingFieldError
 
 logger = logging.getLogger(__name__)
@@ -35,11 +52,21 @@ WRITE_SECONDS = 5.0
 # Images with more pixels are not embedded (reason stored): decoding one, even shrunk,
 # first needs its stored pixels in memory (~160 MB for 40 Mpx RGB), in every decode worker.
 MAX_EMBED_PIXELS = 40_000_000
+# Images whose header sizes decide image_size="auto" (their median longer side).
+SIZE_SAMPLE = 200
+
+
+class NoEmbeddingRecordError(ModelUnavailableError):
+    """A field has no run record saying which model (and input) made its embeddings."""
 
 
 @dataclass
 class EmbeddingRun:
-    """What one call of :func:`compute_embeddings` did."""
+    """What one call of :func:`compute_embeddings` did.
+
+    ``image_size``, ``crop`` and ``flip_tta`` are the input the field's embeddings were made
+    with (see :meth:`curation.models.Embedder.input_config`); ``input_reason`` says why.
+    """
 
     field: str
     model: str
@@ -49,6 +76,10 @@ class EmbeddingRun:
     embedded: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (filepath, reason)
     already_done: int = 0
+    image_size: int | None = None
+    crop: float | None = None
+    flip_tta: bool = False
+    input_reason: str = ""
 
 
 class _ImageFiles:
@@ -107,6 +138,68 @@ def _encode_adaptive(embedder: Embedder, batch) -> np.ndarray:
         return np.concatenate([_encode_adaptive(embedder, batch[:middle]), _encode_adaptive(embedder, batch[middle:])])
 
 
+def typical_image_side(filepaths: list[str], sample: int = SIZE_SAMPLE, seed: int = 0) -> tuple[float | None, int]:
+    """Median longer side (px) over a seeded sample of up to ``sample`` images, from their
+    headers alone; and how many headers were readable. (None, 0) when none was."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(filepaths), size=min(sample, len(filepaths)), replace=False) if filepaths else []
+    sides = [max(size) for size in (image_info(filepaths[index]) for index in sorted(chosen)) if size]
+    return (float(np.median(sides)), len(sides)) if sides else (None, 0)
+
+
+def recorded_input(record: dict | None, embedder: Embedder) -> tuple[int | None, float | None, bool]:
+    """(image_size, crop, flip_tta) a field was embedded with, from its run record.
+
+    Records written before input sizes existed have none: those fields were embedded with the
+    old preprocess (shorter side 256, centre crop 224; CLIP: its own), without flip TTA.
+    """
+    record = record or {}
+    if "image_size" in record:
+        return record["image_size"], record.get("crop"), bool(record.get("flip_tta", False))
+    if embedder.resizable:
+        return LEGACY_IMAGE_SIZE, LEGACY_CROP, False
+    return embedder.image_size, embedder.crop, False
+
+
+def _choose_input(root, dataset, field_name: str, embedder: Embedder, image_size, flip_tta: bool | None,
+                  pending_paths: list[str]) -> tuple[int | None, float | None, bool, str]:
+    """(image_size, crop, flip_tta, reason) for this run: what the field already holds, else the choice."""
+    if not (image_size == "auto" or embedder.resizable or image_size == embedder.image_size):
+        raise CurationInputError(f"image_size: {embedder.spec.name} takes a fixed {embedder.image_size} px input "
+                                 f"(its own preprocess); got {image_size!r} (use 'auto')")
+    if image_size != "auto" and embedder.resizable:
+        image_size = int(image_size) if not isinstance(image_size, bool) and isinstance(image_size, (int, np.integer)) \
+            else image_size
+        if not isinstance(image_size, int):
+            raise CurationInputError(f"image_size: expected a whole number of pixels or 'auto', got {image_size!r}")
+    holds_vectors = root.has_sample_field(field_name) and len(root.exists(field_name).limit(1)) > 0
+    if holds_vectors:
+        record = curation_info(root).get("embeddings", {}).get(field_name)
+        size, crop, flip = recorded_input(record, embedder)
+        legacy = "image_size" not in (record or {})
+        if image_size != "auto" and embedder.resizable and image_size != size:
+            raise CurationInputError(
+                f"image_size: {field_name} already holds embeddings made at {size} px, and one field never mixes "
+                f"sizes; delete the field to re-embed at {image_size} px, or use image_size='auto' to add to it")
+        if flip_tta is not None and bool(flip_tta) != flip:
+            raise CurationInputError(
+                f"flip_tta: {field_name} already holds embeddings made with flip_tta={flip}, and one field never mixes "
+                f"them; delete the field to re-embed with flip_tta={bool(flip_tta)}, or leave flip_tta unset")
+        reason = f"the field's earlier run{' (recorded before input sizes: shorter side 256, centre crop 224)' if legacy else ''}"
+        return size, crop, flip, reason
+    flip = embedder.flip_tta if flip_tta is None else bool(flip_tta)
+    if not embedder.resizable:
+        return embedder.image_size, embedder.crop, flip, "fixed by the model"
+    if image_size != "auto":
+        return image_size, embedder.crop, flip, "asked for"
+    paths = pending_paths or dataset.limit(10 * SIZE_SAMPLE).values("filepath")
+    typical, count = typical_image_side(list(paths))
+    size = auto_image_size(embedder.native_size, typical)
+    if typical is None:
+        return size, embedder.crop, flip, "auto: no readable image header; the model's native size"
+    return size, embedder.crop, flip, f"auto: median longer side {typical:g} px over {count} images"
+
+
 def compute_embeddings(
     dataset,
     *,
@@ -119,6 +212,8 @@ def compute_embeddings(
     retry_failed: bool = False,
     embedder: Embedder | None = None,
     progress: ProgressCallback | None = None,
+    image_size: int | str = "auto",
+    flip_tta: bool | None = None,
 ) -> EmbeddingRun:
     """Embed every sample of ``dataset`` that has no embedding for this model yet.
 
@@ -135,9 +230,25 @@ def compute_embeddings(
         embedder: an already loaded model (skips loading); it must be the model asked for
             (or what :func:`~curation.models.load_embedder` fell back to for it).
         progress: called with (done, total) after each batch.
+        image_size: input side in pixels for models that take any size (EfficientNet-Lite,
+            also when CLIP fell back to it), or ``"auto"`` (default): from the median longer
+            side of up to ``SIZE_SAMPLE`` images (:func:`curation.models.auto_image_size`:
+            28 px images -> 160 px, photos -> the native size). A given ``embedder`` is
+            re-sized to it (weights shared). CLIP takes only its own size.
+        flip_tta: embed each image as the normalised mean of it and its mirror (2x the cost);
+            None (default): as the field was embedded before, else as ``embedder`` is set
+            (off unless it was loaded with ``flip_tta=True``).
+
+    A field that already holds embeddings keeps the input size, crop and flip TTA of its run
+    record (``"auto"`` and None reuse them; an explicit different value is an error), so its
+    vectors stay comparable.
 
     Returns:
-        An :class:`EmbeddingRun` with counts, the model actually used and per-file failures.
+        An :class:`EmbeddingRun` with counts, the model actually used, its input and per-file failures.
+
+    Raises:
+        CurationInputError: an ``image_size`` or ``flip_tta`` that differs from what the field
+            already holds, or a size for a fixed-size model.
     """
     import torch
     from torch.utils.data import DataLoader
@@ -160,8 +271,11 @@ def compute_embeddings(
     if root.has_sample_field(error_field) and not retry_failed:
         pending = pending.exists(error_field, False)
     ids, filepaths = pending.values(["id", "filepath"])
+    size, crop, flip, input_reason = _choose_input(root, dataset, field_name, embedder, image_size, flip_tta, filepaths)
+    embedder = embedder.with_input(image_size=size, crop=crop, flip_tta=flip)
     run = EmbeddingRun(field_name, used.name, spec.name, embedder.fallback_reason, embedder.device,
-                       already_done=len(dataset) - len(ids))
+                       already_done=len(dataset) - len(ids), image_size=embedder.image_size, crop=embedder.crop,
+                       flip_tta=embedder.flip_tta, input_reason=input_reason)
     _record_run(root, run, used, spec)
     if not ids:
         return run
@@ -232,9 +346,43 @@ def _record_run(dataset, run: EmbeddingRun, used: ModelSpec, requested: ModelSpe
         "requested_model": requested.name,
         "fallback_reason": run.fallback_reason,
         "device": run.device,
+        "image_size": run.image_size,
+        "crop": run.crop,
+        "flip_tta": run.flip_tta,
+        "input_reason": run.input_reason,
         "updated_at": now_iso(),
     }
     update_curation_info(dataset, embeddings=runs, default_embeddings=run.field)
+
+
+def embedder_for_field(dataset, field_name: str, *, device: str = "auto") -> Embedder:
+    """The model loaded exactly as ``field_name`` was embedded, from its run record.
+
+    The model actually used (the fallback, if CLIP fell back; its checkpoint, if any), the
+    input size, crop and flip TTA: ``embedder.encode_images(torch.stack([embedder.preprocess(
+    image), ...]))`` gives vectors comparable with the stored ones (for an image decoded
+    like the run's, ``load_rgb(path, max_side=512)``).
+
+    Raises:
+        NoEmbeddingRecordError: the dataset has no record of the model behind the field.
+        ModelUnavailableError: the recorded model (or its checkpoint file) cannot be loaded here.
+    """
+    import dataclasses
+
+    root = dataset._root_dataset if hasattr(dataset, "_root_dataset") else dataset
+    record = curation_info(root).get("embeddings", {}).get(field_name)
+    if not record or "model_spec" not in record:
+        raise NoEmbeddingRecordError(
+            f"no record of the model behind {field_name!r} on dataset {root.name!r}; re-run `curation embed --dataset {root.name}`")
+    known = {item.name for item in dataclasses.fields(ModelSpec)}
+    spec = ModelSpec(**{key: value for key, value in record["model_spec"].items() if key in known})
+    if spec.checkpoint and not os.path.isfile(spec.checkpoint):
+        raise ModelUnavailableError(f"{field_name} was embedded with the checkpoint {spec.checkpoint}, which no longer exists")
+    embedder = load_embedder(spec, device=device, allow_fallback=False)
+    size, crop, flip = recorded_input(record, embedder)
+    if embedder.resizable:
+        return embedder.with_input(image_size=size, crop=crop, flip_tta=flip)
+    return embedder.with_input(flip_tta=flip)
 
 
 def default_embedding_field(dataset) -> str | None:

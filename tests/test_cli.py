@@ -16,7 +16,7 @@ def test_import_embed_map_and_list(small_class_tree, fresh_name, capsys):
     assert f"imported 60 samples" in capsys.readouterr().out
     assert main(["embed", "--dataset", fresh_name, "--model", "efficientnet-lite0-imagenet", "--workers", "0"]) == 0
     out = capsys.readouterr().out
-    assert "embedded 60 new samples with efficientnet-lite0-imagenet on cpu" in out
+    assert "embedded 60 new samples with efficientnet-lite0-imagenet at 160 px on cpu" in out
     assert main(["embed", "--dataset", fresh_name, "--model", "efficientnet-lite0-imagenet"]) == 0
     rerun = capsys.readouterr().out
     assert "embedded 0 new samples" in rerun and "(60 already done, 0 skipped)" in rerun

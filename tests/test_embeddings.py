@@ -12,13 +12,16 @@ import bad_images
 from curation import embeddings, images
 from curation.datasets import curation_info
 from curation.embeddings import (
+    NoEmbeddingRecordError,
     compute_embeddings,
     default_embedding_field,
+    embedder_for_field,
     embedding_failures,
     load_embeddings,
 )
 from curation.importers import import_dataset
-from curation.models import DEFAULT_MODEL, FALLBACK_MODEL, MODEL_REGISTRY
+from curation.errors import CurationError
+from curation.models import DEFAULT_MODEL, FALLBACK_MODEL, MODEL_REGISTRY, ModelUnavailableError
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "fashion-mnist-demo"
 FIELD = MODEL_REGISTRY[FALLBACK_MODEL].field_name
@@ -114,7 +117,8 @@ def test_a_preprocess_failure_on_one_file_does_not_end_the_run(fo, tmp_path, fre
         return real(image)
 
     monkeypatch.setattr(offline_embedder, "preprocess", fails_once)
-    run = compute_embeddings(dataset, embedder=offline_embedder, num_workers=0)
+    # At the embedder's own size it is used as it is (another size would rebuild the preprocess).
+    run = compute_embeddings(dataset, embedder=offline_embedder, num_workers=0, image_size=offline_embedder.image_size)
     assert run.embedded == 2
     assert len(run.failures) == 1 and "cannot preprocess image: ValueError: odd colour profile" in run.failures[0][1]
 
@@ -306,6 +310,11 @@ def test_a_run_records_the_model_and_the_fallback_reason(fo, tmp_path, fresh_nam
     assert record["fallback_reason"] == run.fallback_reason and record["device"] == "cpu"
     assert record["model_spec"] == MODEL_REGISTRY[FALLBACK_MODEL].to_dict()
     assert info["default_embeddings"] == FIELD
+    assert (record["image_size"], record["crop"], record["flip_tta"]) == (160, 1.0, False), "the fallback got the auto size"
+
+    loaded = embedder_for_field(dataset, FIELD, device="cpu")
+    assert loaded.spec == MODEL_REGISTRY[FALLBACK_MODEL], "the model actually used, not the one asked for"
+    assert loaded.input_config() == {"image_size": 160, "crop": 1.0, "flip_tta": False}
 
 
 def test_a_ready_embedder_is_recorded_as_the_model_asked_for(fo, tmp_path, fresh_name, offline_embedder):
@@ -378,3 +387,126 @@ def test_out_of_memory_on_a_single_image_is_raised():
 
     with pytest.raises(torch.cuda.OutOfMemoryError):
         embeddings._encode_adaptive(NoGpu(), torch.zeros(1, 3))
+
+
+# ---- input size and flip TTA ----------------------------------------------------------------
+
+
+def _stored_vector(dataset, path: Path) -> np.ndarray:
+    return np.asarray(dataset.match({"filepath": str(path)}).first()[FIELD])
+
+
+def _large_copies(folder: Path, count: int, side: int = 300) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        path = folder / f"large-{index}.png"
+        images.Image.fromarray(bad_images._pattern(side, side - 20, seed=index)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_auto_size_embeds_small_images_small_and_records_it(fo, tmp_path, fresh_name, offline_embedder):
+    paths = _demo_copies(tmp_path, 3)
+    dataset = _dataset(fo, fresh_name, paths)
+    run = compute_embeddings(dataset, embedder=offline_embedder, num_workers=0)
+    assert (run.image_size, run.crop, run.flip_tta) == (160, 1.0, False)
+    assert "median longer side 28 px over 3 images" in run.input_reason
+    record = curation_info(dataset)["embeddings"][FIELD]
+    assert (record["image_size"], record["crop"], record["flip_tta"]) == (160, 1.0, False)
+    assert record["input_reason"] == run.input_reason
+    expected = offline_embedder.with_input(image_size=160)
+    vector = expected.encode_images(expected.preprocess(images.load_rgb(paths[0], max_side=512))[None])[0]
+    np.testing.assert_allclose(_stored_vector(dataset, paths[0]), vector, atol=1e-5)
+
+
+def test_auto_size_embeds_large_images_at_the_native_size(fo, tmp_path, fresh_name, offline_embedder):
+    dataset = _dataset(fo, fresh_name, _large_copies(tmp_path, 2))
+    run = compute_embeddings(dataset, embedder=offline_embedder, num_workers=0)
+    assert run.image_size == 224 == offline_embedder.native_size
+    assert curation_info(dataset)["embeddings"][FIELD]["image_size"] == 224
+
+
+def test_an_incremental_run_reuses_the_recorded_size_and_tta(fo, tmp_path, fresh_name, offline_embedder):
+    dataset = _dataset(fo, fresh_name, _demo_copies(tmp_path, 2))
+    first = compute_embeddings(dataset, embedder=offline_embedder, num_workers=0, image_size=96, flip_tta=True)
+    assert (first.image_size, first.flip_tta, first.input_reason) == (96, True, "asked for")
+
+    # Large images now dominate: "auto" alone would pick 224, but the field holds 96 px vectors.
+    added = _large_copies(tmp_path / "large", 3)
+    dataset.add_samples([fo.Sample(filepath=str(path)) for path in added])
+    second = compute_embeddings(dataset, embedder=offline_embedder, num_workers=0)
+    assert (second.embedded, second.image_size, second.flip_tta) == (3, 96, True)
+    assert "earlier run" in second.input_reason
+    record = curation_info(dataset)["embeddings"][FIELD]
+    assert (record["image_size"], record["flip_tta"]) == (96, True)
+    same = offline_embedder.with_input(image_size=96, flip_tta=True)
+    vector = same.encode_images(same.preprocess(images.load_rgb(added[0], max_side=512))[None])[0]
+    np.testing.assert_allclose(_stored_vector(dataset, added[0]), vector, atol=1e-5)
+
+    with pytest.raises(ValueError, match="already holds embeddings made at 96 px.*delete the field"):
+        compute_embeddings(dataset, embedder=offline_embedder, num_workers=0, image_size=160)
+    with pytest.raises(ValueError, match="flip_tta=True"):
+        compute_embeddings(dataset, embedder=offline_embedder, num_workers=0, flip_tta=False)
+    assert compute_embeddings(dataset, embedder=offline_embedder, num_workers=0, image_size=96, flip_tta=True).embedded == 0
+
+
+def test_a_field_recorded_before_input_sizes_keeps_the_old_preprocess(fo, tmp_path, fresh_name, offline_embedder):
+    paths = _demo_copies(tmp_path, 2)
+    dataset = _dataset(fo, fresh_name, paths[:1])
+    compute_embeddings(dataset, embedder=offline_embedder, num_workers=0)
+    info = curation_info(dataset)
+    for key in ("image_size", "crop", "flip_tta", "input_reason"):  # a record as older versions wrote it
+        info["embeddings"][FIELD].pop(key)
+    dataset.info = {**dataset.info, "curation": info}
+    dataset.save()
+    dataset.add_samples([fo.Sample(filepath=str(paths[1]))])
+    run = compute_embeddings(dataset, embedder=offline_embedder, num_workers=0)
+    assert (run.embedded, run.image_size, run.crop, run.flip_tta) == (1, 224, 0.875, False)
+    assert "shorter side 256, centre crop 224" in run.input_reason
+    old = offline_embedder.with_input(crop=0.875)
+    vector = old.encode_images(old.preprocess(images.load_rgb(paths[1], max_side=512))[None])[0]
+    np.testing.assert_allclose(_stored_vector(dataset, paths[1]), vector, atol=1e-5)
+
+
+def test_embedder_for_field_reproduces_the_stored_vectors(fo, tmp_path, fresh_name, offline_embedder):
+    import torch
+
+    paths = _demo_copies(tmp_path, 3)
+    dataset = _dataset(fo, fresh_name, paths)
+    compute_embeddings(dataset, model=FALLBACK_MODEL, device="cpu", num_workers=0, flip_tta=True)
+    embedder = embedder_for_field(dataset, FIELD, device="cpu")
+    assert embedder.spec.name == FALLBACK_MODEL and embedder.input_config() == {"image_size": 160, "crop": 1.0, "flip_tta": True}
+    vectors = embedder.encode_images(torch.stack([embedder.preprocess(images.load_rgb(p, max_side=512)) for p in paths]))
+    for path, vector in zip(paths, vectors):
+        assert float(vector @ _stored_vector(dataset, path)) > 0.999
+    assert embedder_for_field(dataset.limit(1), FIELD, device="cpu").input_config() == embedder.input_config(), "a view works too"
+
+
+def test_embedder_for_field_loads_the_recorded_checkpoint(fo, tmp_path, fresh_name, offline_embedder):
+    import torch
+
+    from curation.models import resolve_model
+
+    checkpoint = tmp_path / "lite0.pt"
+    torch.save(offline_embedder.module.state_dict(), checkpoint)
+    spec = resolve_model(FALLBACK_MODEL, checkpoint=checkpoint)
+    dataset = _dataset(fo, fresh_name, _demo_copies(tmp_path, 1))
+    run = compute_embeddings(dataset, model=spec, device="cpu", num_workers=0)
+    assert embedder_for_field(dataset, run.field, device="cpu").spec == spec
+    checkpoint.unlink()
+    with pytest.raises(ModelUnavailableError, match="no longer exists"):
+        embedder_for_field(dataset, run.field, device="cpu")
+
+
+def test_embedder_for_field_without_a_record_says_what_to_run(fo, tmp_path, fresh_name):
+    dataset = _dataset(fo, fresh_name, _demo_copies(tmp_path, 1))
+    with pytest.raises(NoEmbeddingRecordError, match="no record of the model behind 'embeddings_x'.*curation embed") as caught:
+        embedder_for_field(dataset, "embeddings_x")
+    assert isinstance(caught.value, ModelUnavailableError) and isinstance(caught.value, CurationError)
+
+
+def test_typical_image_side_reads_headers_and_skips_unreadable_files(tmp_path):
+    paths = [str(p) for p in _demo_copies(tmp_path, 3)] + [str(bad_images.write_zero_bytes(tmp_path / "e.png")), "/nowhere.png"]
+    assert embeddings.typical_image_side(paths) == (28.0, 3)
+    assert embeddings.typical_image_side([]) == (None, 0)

