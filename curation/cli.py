@@ -725,8 +725,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="check that FiftyOne's database is usable")
     doctor.set_defaults(handler=cmd_doctor)
     # Command groups that live in their own modules (imported here: they import this one).
+    from curation.cli_annotators import register as register_annotators
     from curation.cli_audit import register as register_audit
 
+    register_annotators(commands)
     register_audit(commands)
     return parser
 
