@@ -680,12 +680,26 @@ def _load_signatures(dataset, context: FinderContext):
     return cached_signatures(dataset.name, list(context.filepaths))
 
 
+def _load_annotator_votes(dataset, context: FinderContext):
+    """The votes of ``curation import-annotations`` (default field), or None when there are none."""
+    from curation.annotators import DEFAULT_FIELD, read_votes
+
+    if not dataset.has_sample_field(DEFAULT_FIELD):
+        return None
+    try:
+        return read_votes(dataset, DEFAULT_FIELD)
+    except CurationError as error:  # the field exists but holds no votes
+        logger.info("no annotator votes on %s: %s", dataset.name, error)
+        return None
+
+
 # What analyze can fill into the context for finders that declare it in ``context_needs``,
 # in this order (a later loader may use what an earlier one filled in).
 CONTEXT_LOADERS: dict[str, Callable] = {
     "pixel_digests": lambda dataset, context: ensure_pixel_digests(dataset, list(context.ids)),
     "signatures": _load_signatures,
     "duplicate_verifier": ensure_duplicate_verifier,
+    "annotator_votes": _load_annotator_votes,
 }
 
 

@@ -39,10 +39,12 @@ def test_every_field_has_one_owner_and_every_finder_a_complete_spec():
     owners = fields_by_owner()
     assert list(owners) == [*FINDER_REGISTRY, "cluster"]
     assert flag_fields() == {"mislabels": "mislabel_flag", "duplicates": "duplicate_flag", "leakage": "leak_flag",
-                             "outliers": "outlier_flag", "label_next": "label_next_flag"}
+                             "outliers": "outlier_flag", "label_next": "label_next_flag",
+                             "image_quality": "image_quality_flag", "disagreement": "disagreement_flag"}
     for spec in finder_specs():
         assert get_finder(spec.name) is spec.find and spec.title and 0 < spec.queue_weight <= 1
     assert get_spec("leakage").requires == ("splits",) and get_spec("mislabels").requires == ("labels",)
+    assert get_spec("disagreement").requires == ("votes",)
     with pytest.raises(UnknownFinderError, match="unknown finder 'nope'. Available: mislabels, duplicates, leakage"):
         get_spec("nope")
 

@@ -216,7 +216,7 @@ def test_killed_analyze_leaves_the_old_run_or_the_new_one(dataset):
     assert committed == outcomes[-1][3] and outcomes[-1][2] == 0
 
 
-FINDER_NAMES = ("duplicates", "leakage", "mislabels", "outliers", "label_next")
+FINDER_NAMES = ("duplicates", "leakage", "mislabels", "outliers", "label_next", "image_quality")  # no votes: no disagreement
 
 
 def test_analysis_write_pause_hook_is_validated(dataset, monkeypatch, capsys):

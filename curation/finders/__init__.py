@@ -27,6 +27,8 @@ FINDER_REGISTRY: dict[str, "str | FinderSpec"] = {
     "leakage": "curation.finders.leakage",
     "outliers": "curation.finders.outliers",
     "label_next": "curation.finders.label_next",
+    "image_quality": "curation.finders.image_quality",
+    "disagreement": "curation.finders.disagreement",
 }
 
 

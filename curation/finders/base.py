@@ -76,6 +76,8 @@ class FinderContext:
             embedding field (:meth:`VerifierCalibration.to_dict`); None when there is none,
             and then ``duplicate_verifier_note`` says why (the duplicate and leakage finders
             fall back to a cosine threshold).
+        annotator_votes: several annotators' votes on the samples
+            (:class:`curation.annotators.Votes`), or None when the dataset has none.
         extras: free-form inputs of callers outside this package (kept for compatibility:
             ``extras["class_text_embeddings"]`` is read when the typed field is None).
 
@@ -99,6 +101,7 @@ class FinderContext:
     signatures: np.ndarray | None = None
     duplicate_verifier: dict[str, Any] | None = None
     duplicate_verifier_note: str | None = None
+    annotator_votes: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
     # Not an __init__ argument, so ``dataclasses.replace`` (which may change the labels) starts empty.
     _out_of_fold_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -171,6 +174,8 @@ FIELD_KINDS = ("float", "int", "str", "bool", "list")
 # What a finder may require of the context, and the reason recorded when it is missing.
 REQUIREMENTS: dict[str, tuple[Callable[[FinderContext], bool], str]] = {
     "labels": (lambda context: context.labels is not None, "no label field"),
+    "votes": (lambda context: context.annotator_votes is not None,
+              "no annotator votes: import several annotations per sample with `curation import-annotations`"),
     "splits": (lambda context: context.splits is not None,
                "no splits: no split field named, none written by `curation split`, no `split` field, "
                "no train/val/test tags"),
