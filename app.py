@@ -19,6 +19,8 @@ navigation = st.navigation([
     st.Page("pages/findings.py", title="Findings", icon=":material/troubleshoot:"),
     st.Page("pages/review.py", title="Review", icon=":material/rule:"),
     st.Page("pages/mislabels.py", title="Mislabels", icon=":material/label_off:"),
+    st.Page("pages/agreement.py", title="Annotators", icon=":material/groups:"),
+    st.Page("pages/audit.py", title="Audit", icon=":material/fact_check:"),
     st.Page("pages/duplicates.py", title="Duplicates", icon=":material/content_copy:"),
     st.Page("pages/balance.py", title="Balance", icon=":material/balance:"),
     st.Page("pages/export.py", title="Export", icon=":material/download:"),

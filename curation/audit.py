@@ -243,15 +243,21 @@ def estimate(strata: np.ndarray, wrong: np.ndarray, sizes: np.ndarray, *, domain
             "n_eff": float(n_eff), "population": pop_d}
 
 
-def verdicts_for_margin(rate: float | None, n_answered: int, n_eff: float, margin: float, z: float = Z95) -> int | None:
+def verdicts_for_margin(rate: float | None, n_answered: int, n_eff: float, margin: float, z: float = Z95,
+                        population: int | None = None) -> int | None:
     """Verdicts (in total, same design) for a 95% half-width of about ``margin``: the needed
     effective size ``z^2 p(1-p) / margin^2`` times the design effect seen so far
-    (``n_answered / n_eff``); before any verdict, p = 0.5 and no design effect."""
+    (``n_answered / n_eff``); before any verdict, p = 0.5 and no design effect. With the
+    ``population`` size, the finite-population correction ``n / (1 + (n - 1) / N)`` applies,
+    so it never asks for more verdicts than there are samples."""
     if not margin > 0:
         return None
     p = 0.5 if rate is None else min(max(rate, 0.01), 0.99)
     deff = n_answered / n_eff if n_answered and n_eff > 0 else 1.0
-    return int(math.ceil(z * z * p * (1 - p) / margin ** 2 * deff))
+    needed = z * z * p * (1 - p) / margin ** 2 * deff
+    if population:
+        needed = needed / (1 + (needed - 1) / population)
+    return int(math.ceil(needed))
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -479,7 +485,7 @@ def audit_report(dataset, *, margin: float = 0.02) -> dict[str, Any]:
                            "projected_wrong": None if part["rate"] is None
                            else round(part["rate"] * part["population"] * population / sizes.sum(), 1)}
     n_answered = overall["n"]
-    needed = verdicts_for_margin(overall["rate"], n_answered, overall["n_eff"], margin)
+    needed = verdicts_for_margin(overall["rate"], n_answered, overall["n_eff"], margin, population=population)
     rate = overall["rate"]
     return {
         "audit_id": audit["id"], "design": audit["design"], "seed": audit.get("seed"),

@@ -41,7 +41,8 @@ LAYOUTS = {
     "none_embedded": {"bag": 2, "trouser": 1},
 }
 DATASETS = list(LAYOUTS)
-PAGES = ["overview", "map", "findings", "review", "mislabels", "duplicates", "balance", "export", "data"]
+PAGES = ["overview", "map", "findings", "review", "mislabels", "agreement", "audit", "duplicates", "balance", "export",
+         "data"]
 UNEMBEDDED = 3  # broken_embeddings: samples with the vector unset; the next two get a NaN and a zero vector
 
 
@@ -231,6 +232,52 @@ def check_mislabels(at, kind, dataset):
         assert unchecked[kind] in _texts(at, "caption"), _texts(at, "caption")
 
 
+def check_agreement(at, kind, dataset, tmp_path):
+    """No votes: says how to import them. With labels: two annotators (the second votes on one
+    sample only, against the label) and the page shows agreement, the table and the split sample."""
+    from curation.annotators import import_annotations
+
+    assert any("curation import-annotations --dataset" in text for text in _texts(at, "info")), _texts(at, "info")
+    if kind == "no_labels":
+        return
+    ids, labels = dataset.values(["id", "ground_truth.label"])
+    rows = ["id,annotator,label"] + [f"{sample_id},a,{label}" for sample_id, label in zip(ids, labels)]
+    rows.append(f"{ids[0]},b,{'other' if labels[0] != 'other' else 'bag'}")
+    (tmp_path / "votes.csv").write_text("\n".join(rows) + "\n")
+    import_annotations(dataset, tmp_path / "votes.csv", format="csv")
+    at.run()
+    _no_exception(at)
+    metrics = _metrics(at)
+    assert metrics["Votes"] == str(len(ids) + 1) and metrics["Annotators"] == "2", metrics
+    assert list(at.dataframe[0].value["annotator"].sort_values()) == ["a", "b"]
+    assert "Samples annotators disagree on (1)" in _texts(at, "subheader")
+    for method in ("auto", "majority", "dawid-skene"):
+        at.selectbox(key="ag_method").select(method)
+        _button(at, "Compute and write consensus").click().run()
+        _no_exception(at)
+        assert not at.error, _texts(at, "error")  # auto falls back to what the data allows
+        assert any(f"consensus of {len(ids)} samples" in text for text in _texts(at, "success"))
+
+
+def check_audit(at, kind, dataset, tmp_path):
+    if kind == "no_labels":
+        assert "This dataset has no classification labels, so there is nothing to audit." in _texts(at, "info")
+        return
+    total = sum(LAYOUTS[kind].values())
+    at.number_input(key="au_size").set_value(min(4, total))
+    _button(at, "Start audit").click().run()
+    _no_exception(at)
+    assert not at.error, _texts(at, "error")
+    assert _metrics(at)["Pending"] == str(min(4, total))
+    _button(at, "Correct").click().run()
+    _no_exception(at)
+    _button(at, "Wrong").click().run()  # with one class, "wrong" keeps the only label there is
+    _no_exception(at)
+    metrics = _metrics(at)
+    assert metrics["Answered"] == f"2 / {min(4, total)}", metrics
+    assert metrics["Error rate"] != "—" and " – " in metrics["95% interval"], metrics
+
+
 def check_duplicates(at, kind, dataset):
     assert set(_metrics(at)) == {"Groups", "Samples in groups", "Suggested for removal"}
     assert any("Leakage check unavailable" in text for text in _texts(at, "info"))
@@ -298,4 +345,7 @@ def test_page_on_degenerate_dataset(clone, kind, page, monkeypatch, tmp_path):
     if kind == "none_embedded" and page in NEEDS_EMBEDDINGS:
         check_no_vectors(at, kind, dataset)
     else:
-        CHECKS[page](at, kind, dataset)
+        if page in ("agreement", "audit"):
+            CHECKS[page](at, kind, dataset, tmp_path)
+        else:
+            CHECKS[page](at, kind, dataset)

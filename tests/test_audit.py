@@ -109,6 +109,8 @@ def test_domain_estimate_and_edge_cases():
     low, high = wilson(0.5, 100)
     assert np.isclose(low, 0.4038, atol=1e-3) and np.isclose(high, 0.5962, atol=1e-3)
     assert verdicts_for_margin(None, 0, 0, 0.05) == 385
+    assert verdicts_for_margin(None, 0, 0, 0.05, population=60) <= 60  # never more than the dataset holds
+    assert verdicts_for_margin(None, 0, 0, 0.05, population=10_000_000) == 385
     assert verdicts_for_margin(0.1, 100, 200, 0.02) < verdicts_for_margin(0.1, 100, 100, 0.02)
 
 
