@@ -4,6 +4,8 @@ import streamlit as st
 
 from curation.analysis import analysis_record, analyze, findings_columns, findings_table
 from curation.finders import finder_specs
+from curation.finders.image_quality import images_by_issue
+from curation.images import thumbnail_path
 from pages.common import USER_ERRORS, bump_data_version, open_page, show_error
 
 dataset, field = open_page("Findings")
@@ -37,6 +39,21 @@ for name, reason in analysis.get("skipped", {}).items():
     st.markdown(f"- **{name}**: not run ({reason})")
 for name, reason in analysis.get("errors", {}).items():
     st.markdown(f"- **{name}**: failed ({reason})")
+
+issues = images_by_issue(dataset)
+if issues:
+    st.subheader("Image quality")
+    issue = st.selectbox("Issue", list(issues), format_func=lambda name: f"{name.replace('_', ' ')} ({len(issues[name]):,})",
+                         key="findings_image_issue")
+    cells = st.columns(6)
+    for position, row in enumerate(issues[issue].head(24).itertuples(index=False)):
+        with cells[position % 6]:
+            thumb = thumbnail_path(row.filepath)
+            if thumb:
+                st.image(str(thumb), width="stretch")
+            st.caption(row.image_issue_reason or row.image_issue)
+    if len(issues[issue]) > 24:
+        st.caption(f"… and {len(issues[issue]) - 24:,} more; filter on `image_issue` in the FiftyOne App or the CSV below.")
 
 table = findings_table(dataset)
 sort_by = st.selectbox("Sort by", [c for c in findings_columns() if c.endswith("_score") or c.endswith("_similarity")],

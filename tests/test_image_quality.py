@@ -202,3 +202,45 @@ def test_a_bad_config_is_refused(mads):
 
     with pytest.raises(FinderInputError, match="mads"):
         find_image_quality(make_context(np.ones((2, 3)), k=1), ImageQualityConfig(mads=mads, cache=False))
+
+
+def test_findings_page_shows_a_gallery_per_issue_type(tmp_path, fresh_name, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from curation.analysis import analyze
+    from curation.datasets import load_dataset
+    from curation.embeddings import compute_embeddings
+    from curation.finders.image_quality import images_by_issue
+    from curation.importers import import_dataset
+
+    images = demo_images(40)
+    for index, kind in ((3, "dark"), (11, "dark"), (17, "near_constant")):
+        images[index] = degrade(images[index], kind)
+    folder = tmp_path / "tree" / "things"
+    folder.mkdir(parents=True)
+    for index, image in enumerate(images):
+        image.save(folder / f"{index:04d}.png")
+    import_dataset(tmp_path / "tree", fresh_name, format="classes")
+    dataset = load_dataset(fresh_name)
+    compute_embeddings(dataset, model="efficientnet-lite0-imagenet", num_workers=0)
+    analyze(dataset, ["image_quality"])
+    groups = images_by_issue(dataset)
+    assert set(groups["dark"]["filepath"].map(lambda p: p.split("/")[-1])) == {"0003.png", "0011.png"}
+    assert list(groups["near_constant"]["filepath"].map(lambda p: p.split("/")[-1])) == ["0017.png"]
+    assert list(groups)[:2] == ["near_constant", "dark"]  # in the order of ISSUES
+
+    monkeypatch.setenv("CURATION_DATASET", fresh_name)
+    monkeypatch.setenv("CURATION_NO_DEMO", "1")
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=180)
+    at.run()
+    at.switch_page("pages/findings.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    issue = next(box for box in at.selectbox if box.label == "Issue")
+    assert issue.options[0].startswith("near constant (1)") and any(o.startswith("dark (2)") for o in issue.options)
+    captions = " ".join(c.value for c in at.caption)
+    assert "near_constant: contrast" in captions
+    dark = issue.set_value("dark").run()
+    assert not dark.exception
+    assert sum("dark: brightness" in c.value or c.value.startswith("dark") for c in dark.caption) == 2, \
+        [c.value for c in dark.caption]

@@ -354,6 +354,24 @@ def find_image_quality(context: FinderContext, config: ImageQualityConfig = Imag
     return FinderResult("image_quality", table, summary, info)
 
 
+def images_by_issue(dataset) -> dict[str, pd.DataFrame]:
+    """The flagged images of the committed ``image_quality`` run, per issue type (in
+    :data:`ISSUES` order, only types that occur): ``id``, ``filepath``, ``image_issue_reason``,
+    ``image_quality_score``, worst first. For the per-issue galleries of the Findings page."""
+    from curation.analysis import current_values
+
+    values = current_values(dataset, ["image_issue", "image_issue_reason", "image_quality_score"])
+    ids, paths = dataset.values(["id", "filepath"])
+    table = pd.DataFrame({"id": ids, "filepath": paths, **values})
+    table = table[table["image_issue"].fillna("") != ""]
+    groups = {}
+    for issue in ISSUES:
+        members = table[table["image_issue"].map(lambda issues: issue in issues.split(","))]
+        if len(members):
+            groups[issue] = members.sort_values("image_quality_score", ascending=False).reset_index(drop=True)
+    return groups
+
+
 def _describe(row: dict) -> str:
     issues = row.get("image_issue") or ""
     reasons = row.get("image_issue_reason") or ""
