@@ -179,6 +179,9 @@ def review_queue(dataset, label_field: str | None, queue_filter: QueueFilter = Q
         view = view.match(F(f"{label_field}.label").is_in(list(queue_filter.classes)))
     if not queue_filter.include_decided and dataset.has_sample_field("decision"):
         view = view.match((F("decision") == None) | (F("decision") == ""))  # noqa: E711
+    # Fix the samples first: an `analyze` writing meanwhile changes which samples the match
+    # holds, and the reads below must see one set (two reads of a live match could differ).
+    view = dataset.select(view.values("id"), ordered=True)
     wanted = ["id", "filepath", "tags"] + [f for spec in present.values() for f in (spec.flag_field, spec.queue_score)]
     # Every finder's score and the fields its reason reads (None where absent), and the fixed columns.
     optional = list(dict.fromkeys([f for spec in specs.values() for f in (spec.queue_score, *spec.queue_fields)]

@@ -1,5 +1,6 @@
 """Label quality in a real browser: the Annotators page computes a consensus, the Audit page
-starts an audit and records a verdict; each step is checked in FiftyOne."""
+starts an audit and records a verdict (each checked in FiftyOne), and the Findings page shows
+the image-quality gallery with planted dark images explained."""
 
 from __future__ import annotations
 
@@ -35,9 +36,26 @@ def voted(embedded_dataset, tmp_path_factory):
         votes = tmp_path_factory.mktemp("votes") / "votes.csv"
         votes.write_text("\n".join(lines) + "\n")
         import_annotations(dataset, votes, format="csv")
+        _add_degraded_copies(dataset, tmp_path_factory.mktemp("degraded"))
+        from curation.analysis import analyze
+
+        analyze(dataset, ["image_quality"])
         yield dataset
     finally:
         dataset.delete()
+
+
+def _add_degraded_copies(dataset, folder) -> None:
+    """Two darkened copies of dataset images as new samples (same label and embedding)."""
+    import fiftyone as fo
+    from PIL import Image, ImageEnhance
+
+    field = next(name for name in dataset.get_field_schema() if name.startswith("embeddings_"))
+    for index, sample in enumerate(dataset.limit(2)):
+        target = folder / f"dark-{index}.png"
+        ImageEnhance.Brightness(Image.open(sample.filepath).convert("L")).enhance(0.15).save(target)
+        dataset.add_sample(fo.Sample(filepath=str(target), ground_truth=fo.Classification(label=sample.ground_truth.label),
+                                     **{field: sample[field]}))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +91,7 @@ def test_consensus_and_an_audit_verdict(quality_server, page, voted, screenshot_
     page.get_by_role("button", name="Compute and write consensus").click()
     _wait(page, server, "the consensus written", lambda: _expect(_success(page, "consensus")).to_be_visible(timeout=WAIT_MS))
     voted.reload()
-    assert voted.has_sample_field("consensus") and voted.exists("consensus").count() == len(voted)
+    assert voted.has_sample_field("consensus") and voted.exists("consensus").count() == 60  # the voted samples
     _screenshot(page, screenshot_dir / "annotators.png")
 
     page.goto(f"{server.url}/audit", wait_until="domcontentloaded")
@@ -93,3 +111,10 @@ def test_consensus_and_an_audit_verdict(quality_server, page, voted, screenshot_
         timeout=WAIT_MS))
     answered()
     _screenshot(page, screenshot_dir / "audit.png")
+
+    page.goto(f"{server.url}/findings", wait_until="domcontentloaded")
+    _wait(page, server, "the image-quality gallery",
+          lambda: _expect(page.get_by_role("heading", name="Image quality")).to_be_visible(timeout=WAIT_MS))
+    _wait(page, server, "a dark image explained",
+          lambda: _expect(page.get_by_text(re.compile(r"^dark: .* MAD below the dataset.s median")).first).to_be_visible(
+              timeout=WAIT_MS))
