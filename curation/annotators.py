@@ -744,6 +744,15 @@ def consensus(votes: Votes, method: str = "auto", *, embeddings: np.ndarray | No
     return result
 
 
+def vote_embeddings(dataset, votes: Votes, field_name: str) -> np.ndarray | None:
+    """(N, D) embeddings of the voted samples in ``votes.sample_ids`` order from ``field_name``,
+    or None when any of them has none (CROWDLAB needs every one)."""
+    vectors = dataset.select(votes.sample_ids, ordered=True).values(field_name)
+    if len(vectors) != len(votes.sample_ids) or any(vector is None for vector in vectors):
+        return None
+    return np.asarray(vectors, dtype=float)
+
+
 def write_consensus(dataset, result: ConsensusResult, into: str = "consensus") -> None:
     """Store the consensus as ``fo.Classification`` in ``into`` (with ``confidence`` = quality and
     ``method``) and its quality in ``<into>_quality`` (``consensus_quality`` by default)."""

@@ -3,8 +3,8 @@
 import streamlit as st
 
 from curation import datasets as ds
-from curation.annotators import DEFAULT_FIELD, METHODS, agreement, consensus, gold_accuracy, gold_labels, read_votes, \
-    write_consensus
+from curation.annotators import (DEFAULT_FIELD, METHODS, agreement, consensus, gold_accuracy, gold_labels, read_votes,
+                                 vote_embeddings, write_consensus)
 from curation.images import thumbnail_path
 from curation.quality_plots import annotator_table, disagreements, kappa_heatmap, per_class_table
 from pages.common import USER_ERRORS, bump_data_version, errors_shown, markdown_text, one_line, open_page, show_error
@@ -112,12 +112,8 @@ if action[2].button("Compute and write consensus", type="primary"):
         embeddings, note = None, None
         field = st.session_state["embedding_field"]
         if field and method in ("auto", "crowdlab"):
-            import numpy as np
-
-            vectors = dataset.select(votes.sample_ids, ordered=True).values(field)
-            if len(vectors) == len(votes.sample_ids) and all(v is not None for v in vectors):
-                embeddings = np.asarray(vectors, dtype=float)
-            elif method == "auto":
+            embeddings = vote_embeddings(dataset, votes, field)
+            if embeddings is None and method == "auto":
                 note = "CROWDLAB needs an embedding for every voted sample; used Dawid-Skene"
         with st.spinner("Computing the consensus…"):
             try:
