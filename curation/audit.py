@@ -277,6 +277,14 @@ def current_audit(dataset) -> dict | None:
     return dict(audit) if audit else None
 
 
+def _require_audit(dataset) -> dict:
+    """The current audit, or AuditError saying how to start one."""
+    audit = current_audit(dataset)
+    if not audit:
+        raise AuditError(f"dataset {dataset.name!r} has no audit; start one with `curation audit start`")
+    return audit
+
+
 def _label_field(dataset) -> str:
     from curation.datasets import default_label_field
 
@@ -395,9 +403,7 @@ def answer(dataset, verdicts: Iterable[Mapping[str, Any]], *, relabel: bool = Tr
     """
     from curation.decisions import is_sample_id, record_decision
 
-    audit = current_audit(dataset)
-    if not audit:
-        raise AuditError(f"dataset {dataset.name!r} has no audit; start one with `curation audit start`")
+    audit = _require_audit(dataset)
     members = audit["samples"]
     result = AnswerResult()
     accepted: dict[str, tuple[str, str | None]] = {}
@@ -460,9 +466,7 @@ def audit_report(dataset, *, margin: float = 0.02) -> dict[str, Any]:
     Raises:
         AuditError: no audit started.
     """
-    audit = current_audit(dataset)
-    if not audit:
-        raise AuditError(f"dataset {dataset.name!r} has no audit; start one with `curation audit start`")
+    audit = _require_audit(dataset)
     samples = audit["samples"]
     if dataset.has_sample_field(ID_FIELD):
         ids, labels, verdicts = _audit_samples(dataset, audit["id"]).values(["id", LABEL_FIELD, VERDICT_FIELD])

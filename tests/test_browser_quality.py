@@ -13,9 +13,9 @@ import pytest
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 from test_browser_curate import (  # noqa: E402  (it skips the module when Chromium or playwright is missing)
-    WAIT_MS, AppServer, _database_uri, _expect, _screenshot, _success, _wait, chromium, screenshot_dir)
+    WAIT_MS, AppServer, _database_uri, _expect, _screenshot, _success, _wait, chromium, page, screenshot_dir)
 
-__all__ = ["chromium", "screenshot_dir"]
+__all__ = ["chromium", "page", "screenshot_dir"]  # fixtures shared with test_browser_curate.py
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +69,6 @@ def quality_server(voted, tmp_path_factory):
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def page(chromium):
-    context = chromium.new_context(viewport={"width": 1400, "height": 1300})
-    context.set_default_timeout(WAIT_MS)
-    page = context.new_page()
-    yield page
-    context.close()
 
 
 def test_consensus_and_an_audit_verdict(quality_server, page, voted, screenshot_dir):
