@@ -491,13 +491,14 @@ def cmd_export(args) -> int:
             raise CommandError(f"export --embeddings: dataset {args.dataset!r} has no embeddings yet; run "
                                f"`curation embed --dataset {args.dataset}` or leave out --embeddings")
     report = export_dataset(dataset, args.out, format=args.format, label_field=_label_field(dataset, args),
-                            spec=_view_spec(args), embeddings_field=embeddings_field, overwrite=args.overwrite)
+                            spec=_view_spec(args), embeddings_field=embeddings_field, overwrite=args.overwrite,
+                            snapshot=args.snapshot)
     if report.removed_leftovers:
         print(f"removed {len(report.removed_leftovers)} leftover(s) of an interrupted export: "
               + ", ".join(str(path) for path in report.removed_leftovers), file=sys.stderr)
     splits = ", ".join(f"{name} {count}" for name, count in report.per_split.items())
-    print(f"exported {report.samples} samples ({splits}) as {report.format} to {report.out_dir}; "
-          f"provenance in {report.out_dir / 'provenance.json'}")
+    print(f"exported {report.samples} samples ({splits}) as {report.format} to {report.out_dir} from snapshot "
+          f"{report.snapshot}; provenance in {report.out_dir / 'provenance.json'}")
     for line in report.left_out_lines():
         print(f"left out {line}", file=sys.stderr)
     return 0
@@ -703,6 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
     exporting.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
     exporting.add_argument("--embeddings", action="store_true", help="include embeddings (csv, parquet)")
     exporting.add_argument("--embeddings-field", help="which embeddings (default: the dataset's latest)")
+    exporting.add_argument("--snapshot", help="export this snapshot's labels, decisions, splits and tags "
+                                              "(default: the current state, recorded as a snapshot)")
     _add_view_options(exporting)
     exporting.set_defaults(handler=cmd_export)
 
@@ -727,9 +730,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Command groups that live in their own modules (imported here: they import this one).
     from curation.cli_annotators import register as register_annotators
     from curation.cli_audit import register as register_audit
+    from curation.cli_snapshots import register as register_snapshots
 
     register_annotators(commands)
     register_audit(commands)
+    register_snapshots(commands)
     return parser
 
 

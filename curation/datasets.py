@@ -178,12 +178,18 @@ def tag_samples(dataset, sample_ids: list[str], tag: str) -> int:
     tag = tag.strip()
     if not tag:
         raise CurationInputError("tag: expected a non-empty string, got an empty one")
+    from curation.snapshots import snapshot_before
+
     view = dataset.select(sample_ids)
+    snapshot_before(dataset, f"tagging {len(sample_ids)} samples {tag!r}", len(sample_ids))
     view.tag_samples(tag)
     return len(view)
 
 
 def untag_samples(dataset, sample_ids: list[str], tag: str) -> int:
+    from curation.snapshots import snapshot_before
+
     view = dataset.select(sample_ids)
+    snapshot_before(dataset, f"removing the tag {tag!r} from {len(sample_ids)} samples", len(sample_ids))
     view.untag_samples(tag)
     return len(view)

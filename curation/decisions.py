@@ -82,7 +82,7 @@ def _refresh(dataset, sample_ids: list[str]) -> None:
     fo.Sample._reload_docs(dataset._sample_collection_name, sample_ids=sample_ids, hard=True)
 
 
-def _entry(decision: str, reason: str, source: str, stamp: str, label_field: str | None, new_label: str | None) -> dict:
+def history_entry(decision: str, reason: str, source: str, stamp: str, label_field: str | None, new_label: str | None) -> dict:
     """One history entry: the decision and (evaluated on the server) the state it replaces."""
     prior = {name: {"$ifNull": [f"${name}", None]} for name in DECISION_FIELDS}
     prior["previous_label"] = {"$ifNull": [f"${PREVIOUS_LABEL_FIELD}", None]}
@@ -117,9 +117,13 @@ def record_decision(dataset, sample_ids: list[str], decision: str, *, reason: st
     if not sample_ids:
         return 0
     object_ids = _object_ids(sample_ids)
+    from curation.snapshots import snapshot_before
+
+    snapshot_before(dataset, f"{decision} on {len(sample_ids)} samples" + (f" (to {new_label})" if relabel else ""),
+                    len(sample_ids))
     _ensure_fields(dataset, label_field if relabel else None)
     stamp = now_iso()
-    entry = _entry(decision, reason, source, stamp, label_field if relabel else None, new_label if relabel else None)
+    entry = history_entry(decision, reason, source, stamp, label_field if relabel else None, new_label if relabel else None)
     history = {"$concatArrays": [{"$ifNull": [f"${HISTORY_FIELD}", []]}, [entry]]}
     values = {"decision": decision, "decision_reason": reason, "decision_source": source, "decision_at": stamp}
     base = {**{name: {"$literal": value} for name, value in values.items()}, HISTORY_FIELD: history,
@@ -130,10 +134,9 @@ def record_decision(dataset, sample_ids: list[str], decision: str, *, reason: st
         return result.matched_count
     from bson import ObjectId
 
-    # The label before the first relabel still in the history is what the data said before curation.
-    earlier_relabel = {"$in": ["relabel", {"$ifNull": [f"${HISTORY_FIELD}.decision", []]}]}
-    previous = {"$cond": [earlier_relabel, {"$ifNull": [f"${PREVIOUS_LABEL_FIELD}", None]},
-                          {"$ifNull": [f"${label_field}.label", None]}]}
+    # A stored previous label is what the data said before curation: later relabels keep it. Without
+    # one (never relabelled, or undone, or restored to a snapshot without one) the current label is it.
+    previous = {"$ifNull": [f"${PREVIOUS_LABEL_FIELD}", {"$ifNull": [f"${label_field}.label", None]}]}
     operations = []
     for object_id in object_ids:
         fresh = {"_id": ObjectId(), "_cls": "Classification", "tags": [], "label": new_label}
@@ -177,8 +180,12 @@ def accept_suggestions(dataset, sample_ids: list[str], *, label_field: str, sour
     for sample_id, label, suggestion in zip(ids, labels, suggested):
         if suggestion and suggestion != label:
             by_label.setdefault(suggestion, []).append(sample_id)
-    return sum(apply_relabel(dataset, group, label, label_field=label_field, source=source,
-                             reason=f"accepted the suggested label {label}") for label, group in by_label.items())
+    from curation.snapshots import bulk_change
+
+    count = sum(len(group) for group in by_label.values())
+    with bulk_change(dataset, f"accepting {count} suggested labels", count):
+        return sum(apply_relabel(dataset, group, label, label_field=label_field, source=source,
+                                 reason=f"accepted the suggested label {label}") for label, group in by_label.items())
 
 
 def undo_decision(dataset, sample_ids: list[str]) -> int:
@@ -192,6 +199,9 @@ def undo_decision(dataset, sample_ids: list[str]) -> int:
     _object_ids(sample_ids)
     if not sample_ids or not dataset.has_sample_field(HISTORY_FIELD):
         return 0
+    from curation.snapshots import snapshot_before
+
+    snapshot_before(dataset, f"undoing the decisions of {len(sample_ids)} samples", len(sample_ids))
     last = {"$arrayElemAt": [f"${HISTORY_FIELD}", -1]}
     restore = {name: {"$ifNull": [f"$_undo.prior.{name}", None]} for name in DECISION_FIELDS}
     restore[PREVIOUS_LABEL_FIELD] = {"$ifNull": ["$_undo.prior.previous_label", None]}
@@ -234,6 +244,15 @@ def _ids_by_last_label_field(dataset, sample_ids: list[str]) -> dict[str | None,
 
 def clear_decision(dataset, sample_ids: list[str]) -> int:
     """Undo every decision of the samples, back to their state before curation."""
+    from curation.snapshots import bulk_change
+
+    undone = 0
+    with bulk_change(dataset, f"clearing the decisions of {len(sample_ids)} samples", len(sample_ids)):
+        undone = _undo_all(dataset, sample_ids)
+    return undone
+
+
+def _undo_all(dataset, sample_ids: list[str]) -> int:
     undone = 0
     while True:
         count = undo_decision(dataset, sample_ids)

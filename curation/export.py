@@ -101,6 +101,7 @@ class ExportReport:
             names that became folder names (see :func:`folder_names`).
         removed_leftovers: hidden leftovers of earlier, interrupted exports to the same
             place that this export removed.
+        snapshot: the name of the snapshot the export was made from.
     """
 
     out_dir: Path
@@ -112,6 +113,7 @@ class ExportReport:
     left_out_samples: list[dict] = field(default_factory=list)
     folder_names: dict[str, dict[str, str]] = field(default_factory=dict)
     removed_leftovers: list[Path] = field(default_factory=list)
+    snapshot: str | None = None
 
     def leave_out(self, reason: str, ids, filepaths, details=None) -> None:
         """Record samples the export leaves out, and why."""
@@ -459,9 +461,11 @@ _WRITERS: dict[str, Callable] = {"fiftyone": _export_fiftyone, "folders": _expor
 
 
 def provenance(dataset, view, *, label_field: str | None, spec: ViewSpec, export_format: str,
-               report: ExportReport | None = None, embeddings_field: str | None = None) -> dict:
-    """What an export contains and how it came to be: dataset, model, finder settings and
-    thresholds, splits, and every removed or relabelled sample with when and why."""
+               report: ExportReport | None = None, embeddings_field: str | None = None, snapshot=None,
+               dataset_name: str | None = None) -> dict:
+    """What an export contains and how it came to be: dataset, the snapshot it was made from
+    (a :class:`curation.snapshots.SnapshotRef`), model, finder settings and thresholds,
+    splits, and every removed or relabelled sample with when and why."""
     from curation.decisions import decided_samples
 
     info = curation_info(dataset)
@@ -487,7 +491,10 @@ def provenance(dataset, view, *, label_field: str | None, spec: ViewSpec, export
     return {
         "tool": f"curation {curation.__version__}",
         "created_at": now_iso(),
-        "dataset": dataset.name,
+        "dataset": dataset_name or dataset.name,
+        "snapshot": None if snapshot is None else {
+            key: value for key, value in snapshot.to_dict().items() if key in ("name", "created_at", "kind", "note",
+                                                                               "reason", "samples", "content_hash")},
         "format": export_format,
         "format_description": EXPORT_FORMATS[export_format],
         "label_field": label_field,
@@ -511,13 +518,19 @@ def provenance(dataset, view, *, label_field: str | None, spec: ViewSpec, export
 
 
 def export_dataset(dataset, out_dir, *, format: str, label_field: str | None, spec: ViewSpec = ViewSpec(),
-                   embeddings_field: str | None = None, overwrite: bool = False) -> ExportReport:
+                   embeddings_field: str | None = None, overwrite: bool = False,
+                   snapshot: str | None = None) -> ExportReport:
     """Write the view ``spec`` describes to ``out_dir`` in ``format``, with ``provenance.json``.
 
     Nothing is written outside ``out_dir`` and nothing to ``dataset``. Samples the format
     cannot hold (an image that is missing or unreadable, an unlabelled sample in a folder
     tree) are left out and listed in the report and the manifest. Hidden leftovers of an
     earlier export to ``out_dir`` that was killed are removed (``report.removed_leftovers``).
+
+    The export is made from snapshot ``snapshot`` (its labels, decisions, splits and tags;
+    see :func:`curation.snapshots.materialized`) or, by default, from the current state,
+    which is recorded as a snapshot first (an existing snapshot with the same content is
+    reused). Either way the manifest names the snapshot (``provenance["snapshot"]``).
 
     Raises:
         ValueError: unknown format (lists the valid ones), missing fields, an empty view, or
@@ -530,14 +543,29 @@ def export_dataset(dataset, out_dir, *, format: str, label_field: str | None, sp
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"export: {out_dir} already exists; choose a new directory or pass overwrite")
+    from curation import snapshots
+
+    if snapshot is not None:
+        with snapshots.materialized(dataset, snapshot) as (version, ref):
+            return _export(version, out_dir, format=format, label_field=label_field, spec=spec,
+                           embeddings_field=embeddings_field, overwrite=overwrite, snapshot=ref, dataset_name=dataset.name)
+    _label_kind(dataset, label_field)  # a bad label field fails before the snapshot is written
+    ref = snapshots.create_snapshot(dataset, kind="export", reason=f"export to {out_dir}", dedupe=True)
+    return _export(dataset, out_dir, format=format, label_field=label_field, spec=spec,
+                   embeddings_field=embeddings_field, overwrite=overwrite, snapshot=ref, dataset_name=dataset.name)
+
+
+def _export(dataset, out_dir: Path, *, format: str, label_field: str | None, spec: ViewSpec,
+            embeddings_field: str | None, overwrite: bool, snapshot, dataset_name: str) -> ExportReport:
     kind = _label_kind(dataset, label_field)
     if kind is None and format in ("folders", "yolo", "coco", "cvat"):
-        raise ExportError(f"export: {format} needs labels, and dataset {dataset.name!r} has no Classification or "
+        raise ExportError(f"export: {format} needs labels, and dataset {dataset_name!r} has no Classification or "
                           "Detections field; export as fiftyone, csv or parquet, or name a label field")
     view = build_view(dataset, label_field, spec)
     if not len(view):
-        raise CurationInputError(f"export: the view selects no samples of dataset {dataset.name!r} (filters: {spec.to_dict()})")
-    report = ExportReport(out_dir=out_dir, format=format, samples=len(view), per_split={})
+        raise CurationInputError(f"export: the view selects no samples of dataset {dataset_name!r} (filters: {spec.to_dict()})")
+    report = ExportReport(out_dir=out_dir, format=format, samples=len(view), per_split={},
+                          snapshot=snapshot.name if snapshot is not None else None)
     sizes: dict[str, tuple[int, int]] = {}
     if format in MEDIA_FORMATS:
         sizes, problems = _check_images(view)
@@ -572,7 +600,8 @@ def export_dataset(dataset, out_dir, *, format: str, label_field: str | None, sp
         report.samples = len(exported)
         report.per_split = {name or "all": len(v) for name, v in _split_views(exported, spec.split_field).items()}
         manifest = provenance(dataset, exported, label_field=label_field, spec=spec, export_format=format,
-                              report=report, embeddings_field=embeddings_field)
+                              report=report, embeddings_field=embeddings_field, snapshot=snapshot,
+                              dataset_name=dataset_name)
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str))
         report.files = sum(1 for path in staging.rglob("*") if path.is_file())
     return report

@@ -1282,15 +1282,18 @@ def _write_decisions(dataset, label: str, relabels: dict[tuple[str, str], list[s
     """Write the checked decisions: one bulk update per (class, annotator) and per annotator."""
     from pymongo.errors import PyMongoError
 
+    from curation.snapshots import bulk_change
+
     total = sum(map(len, relabels.values())) + sum(map(len, keeps.values()))
     written = 0
     try:
-        for (new_label, reason), sample_ids in relabels.items():
-            apply_relabel(dataset, sample_ids, new_label, label_field=label_field, reason=reason, source=source)
-            written += len(sample_ids)
-        for reason, sample_ids in keeps.items():
-            record_decision(dataset, sample_ids, "keep", reason=reason, source=source)
-            written += len(sample_ids)
+        with bulk_change(dataset, f"importing {total} corrected labels from {label}", total):
+            for (new_label, reason), sample_ids in relabels.items():
+                apply_relabel(dataset, sample_ids, new_label, label_field=label_field, reason=reason, source=source)
+                written += len(sample_ids)
+            for reason, sample_ids in keeps.items():
+                record_decision(dataset, sample_ids, "keep", reason=reason, source=source)
+                written += len(sample_ids)
     except PyMongoError as error:
         raise ImportInterruptedError(f"{label}: the database failed after {written} of {total} sample(s) were "
                                      f"written ({type(error).__name__}: {_short_text(str(error), 200)}); rerun the "

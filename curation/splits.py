@@ -865,6 +865,9 @@ def write_splits(dataset, result: SplitResult, field: str = DEFAULT_SPLIT_FIELD,
     if unknown:
         raise CurationInputError(f"result: {len(unknown)} of its {len(result.ids)} ids are not in dataset {dataset.name!r} "
                          f"(was it made on another dataset?), e.g. {sorted(unknown)[0]!r}")
+    from curation.snapshots import snapshot_before
+
+    snapshot_before(dataset, f"writing splits to {field}", len(dataset_ids))
     if field not in schema:
         dataset.add_sample_field(field, fo.StringField)
     assigned = dict(zip(result.ids, result.split))
