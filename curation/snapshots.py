@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -59,6 +60,7 @@ ORPHAN_AGE_S = 3600  # chunks without a file entry older than this belong to a k
 RESTORES_KEY = "restores"  # dataset.info["curation"]["restores"]: the restore events, newest last
 BATCH = 10_000
 CHUNK = 20_000  # samples per aggregation round trip when reading the state
+CHUNK_BYTES = 255 * 1024  # GridFS chunk size (its default)
 
 
 class SnapshotError(CurationError, LookupError):
@@ -452,6 +454,48 @@ def _table_bytes(state: State, meta: dict) -> bytes:
     return sink.getvalue()
 
 
+WRITE_PAUSE_VARIABLE = "CURATION_TEST_SNAPSHOT_WRITE_PAUSE"
+
+
+def _upload(file_id, filename: str, payload: bytes, metadata: dict) -> None:
+    """Write the GridFS chunks, then the file entry: a snapshot is listed only once whole.
+
+    Written here rather than with ``GridFSBucket.upload_from_stream`` to make that order
+    explicit (readers use GridFS as usual). Test hook: with
+    ``CURATION_TEST_SNAPSHOT_WRITE_PAUSE=SECONDS`` the payload goes in 1 KB chunks with a pause
+    after each, so a test can kill the process mid-write."""
+    from bson import Binary
+
+    pause = os.environ.get(WRITE_PAUSE_VARIABLE, "").strip()
+    seconds = 0.0
+    if pause:
+        try:
+            seconds = float(pause)
+        except ValueError:
+            seconds = math.nan
+        if not math.isfinite(seconds) or seconds < 0:
+            raise CurationInputError(f"{WRITE_PAUSE_VARIABLE}: expected seconds (a number >= 0), got {pause!r}; "
+                                     "it is a test hook, unset it")
+    size = 1024 if pause else CHUNK_BYTES
+    db = _db()
+    chunks = db[f"{BUCKET}.chunks"]
+    chunks.create_index([("files_id", 1), ("n", 1)], unique=True)
+    pieces = [{"files_id": file_id, "n": n, "data": Binary(payload[start:start + size])}
+              for n, start in enumerate(range(0, max(len(payload), 1), size))]
+    step = 1 if pause else 16
+    for start in range(0, len(pieces), step):
+        chunks.insert_many(pieces[start:start + step], ordered=True)
+        if seconds:
+            time.sleep(seconds)
+    entry = {"_id": file_id, "length": len(payload), "chunkSize": size, "filename": filename,
+             "uploadDate": dt.datetime.now(dt.timezone.utc), "metadata": metadata}
+    try:
+        db[f"{BUCKET}.files"].insert_one(entry)
+    except BaseException:
+        chunks.delete_many({"files_id": file_id})
+        raise
+
+
 def _remove_orphans() -> int:
     """Delete chunks of snapshots killed mid-write (no file entry, older than an hour)."""
     db = _db()
@@ -514,10 +558,9 @@ def create_snapshot(dataset, name: str | None = None, *, note: str = "", kind: s
         file_id = ObjectId()
         try:
             _files()  # the unique index exists before the entry is inserted
-            _bucket().upload_from_stream_with_id(file_id, f"{dataset.name}/{chosen}.parquet", io.BytesIO(payload),
-                                                 metadata={**meta, "write_s": round(time.perf_counter() - started, 3)})
-        except DuplicateKeyError:
-            _db()[f"{BUCKET}.chunks"].delete_many({"files_id": file_id})
+            _upload(file_id, f"{dataset.name}/{chosen}.parquet", payload,
+                    {**meta, "write_s": round(time.perf_counter() - started, 3)})
+        except DuplicateKeyError:  # _upload removed the chunks
             if name is not None:
                 raise CurationInputError(f"snapshot {name!r} already exists for dataset {dataset.name!r}; "
                                          "choose another name") from None
@@ -528,22 +571,33 @@ def create_snapshot(dataset, name: str | None = None, *, note: str = "", kind: s
     raise SnapshotError(f"snapshot: could not find a free name for dataset {dataset.name!r} after 5 tries")
 
 
-def load_snapshot(dataset, name: str) -> tuple[SnapshotRef, pd.DataFrame, dict]:
-    """The snapshot's reference, its per-sample table and its stored metadata (with details)."""
+def load_snapshot(dataset, name: str, *, verify: bool = True) -> tuple[SnapshotRef, pd.DataFrame, dict]:
+    """The snapshot's reference, its per-sample table and its stored metadata (with details);
+    with ``verify``, the content is checked against the hash recorded when it was written."""
     import pyarrow.parquet as pq
 
     ref = get_snapshot(dataset, name)
-    data = _bucket().open_download_stream(ref.file_id).read()
+    from gridfs.errors import GridFSError
+
+    try:
+        data = _bucket().open_download_stream(ref.file_id).read()
+    except GridFSError as error:
+        raise SnapshotError(f"snapshot {name!r} of dataset {dataset.name!r} cannot be read ({error})") from None
     try:
         table = pq.read_table(io.BytesIO(data))
     except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a damaged file
         raise SnapshotError(f"snapshot {name!r} of dataset {dataset.name!r} cannot be read ({error})") from None
     meta = json.loads((table.schema.metadata or {}).get(b"curation_snapshot", b"{}"))
     frame = table.to_pandas()
-    frame["tags"] = frame["tags"].map(lambda tags: [] if tags is None else list(tags))
+    frame["tags"] = pd.Series([[] if tags is None else list(tags) for tags in frame["tags"]], dtype=object)
+    for column in ("id", "filepath"):
+        frame[column] = frame[column].astype(object)
     for column in frame.columns:
         if column not in ("id", "filepath", "file_size", "file_mtime_ns", "tags"):
             frame[column] = _text_column(frame[column])
+    if verify and content_hash(frame) != ref.content_hash:
+        raise SnapshotError(f"snapshot {name!r} of dataset {dataset.name!r} is damaged: its content does not match "
+                            "the hash recorded when it was written")
     return ref, frame, meta
 
 
