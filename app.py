@@ -23,6 +23,7 @@ navigation = st.navigation([
     st.Page("pages/audit.py", title="Audit", icon=":material/fact_check:"),
     st.Page("pages/duplicates.py", title="Duplicates", icon=":material/content_copy:"),
     st.Page("pages/balance.py", title="Balance", icon=":material/balance:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("pages/export.py", title="Export", icon=":material/download:"),
     st.Page("pages/data.py", title="Data", icon=":material/upload:"),
 ])

@@ -734,6 +734,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_annotators(commands)
     register_audit(commands)
+    from curation.cli_compare import register as register_compare
+    register_compare(commands)
     register_snapshots(commands)
     return parser
 

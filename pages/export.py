@@ -7,6 +7,7 @@ import streamlit as st
 
 from curation.decisions import decision_counts
 from curation.export import EXPORT_FORMATS, ViewSpec, build_view, export_dataset
+from curation.snapshots import list_snapshots
 from curation.paths import default_export_dir
 from curation.plots import split_distribution_bar
 from curation.relabel import export_annotation_task
@@ -121,26 +122,37 @@ with export_tab:
                     ids=tuple(st.session_state["selected_ids"]) if only_selection else (),
                     max_scores=((score_field, float(score_cut)),) if score_field != "(none)" else (),
                     split_field=None if split_field == "(no splits)" else split_field)
+    versions = [ref.name for ref in reversed(list_snapshots(dataset, kinds=("manual", "export")))]
+    version = st.selectbox("Version", ["current state"] + versions, key="ex_version",
+                           help="export the current labels and decisions (recorded as a snapshot first), or those "
+                                "of an earlier snapshot (Versions page)")
     count = len(build_view(dataset, label_field, spec))
+    if version != "current state":
+        st.caption(f"The filters apply to snapshot {version}'s labels, decisions, splits and tags; "
+                   f"{count:,} samples match them in the current state.")
     out_dir = st.text_input("Export to (a new directory)", str(default_export_dir(dataset.name, export_format)),
                             key=f"ex_out_{export_format}")
-    if st.button(f"Export {count:,} samples", type="primary", disabled=not count, key="ex_go"):
+    label = f"Export {count:,} samples" if version == "current state" else f"Export snapshot {version}"
+    if st.button(label, type="primary", disabled=not count and version == "current state", key="ex_go"):
         try:
             with st.spinner(f"Writing {export_format}…"):
                 report = export_dataset(dataset, out_dir, format=export_format, label_field=label_field, spec=spec,
-                                        embeddings_field=field if with_embeddings else None)
+                                        embeddings_field=field if with_embeddings else None,
+                                        snapshot=None if version == "current state" else version)
         except USER_ERRORS as error:
             show_error(error)
         else:
             st.session_state["last_export"] = str(report.out_dir)
-            st.success(f"Exported {report.samples:,} samples to {report.out_dir} ({report.files:,} files).")
+            st.success(f"Exported {report.samples:,} samples to {report.out_dir} ({report.files:,} files) from "
+                       f"snapshot {report.snapshot}.")
             for reason, left in report.left_out.items():
                 st.warning(f"Left out {left:,}: {reason}")
     last = st.session_state.get("last_export")
     if last and (Path(last) / "provenance.json").exists():
         manifest = json.loads((Path(last) / "provenance.json").read_text())
+        made_from = (manifest.get("snapshot") or {}).get("name")
         with st.expander(f"Provenance of the last export: {manifest['removed']} removed, "
-                         f"{manifest['relabelled']} relabelled"):
+                         f"{manifest['relabelled']} relabelled" + (f", from snapshot {made_from}" if made_from else "")):
             st.json(manifest, expanded=1)
 
 # ---------------------------------------------------------------- relabel round trip

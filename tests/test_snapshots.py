@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +188,32 @@ def test_export_records_its_snapshot_and_can_be_made_from_an_old_one(curated, tm
     assert got == by_name
     reimported.delete()
     assert back is not None
+
+
+def test_the_export_page_exports_an_earlier_snapshot(curated, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from curation.decisions import apply_relabel
+    from curation.snapshots import create_snapshot
+
+    create_snapshot(curated, "v1", note="as imported")
+    labels_v1 = dict(zip(*curated.values(["filepath", "ground_truth.label"])))
+    apply_relabel(curated, curated.values("id")[:5], "bag", label_field="ground_truth")
+    monkeypatch.setenv("CURATION_DATASET", curated.name)
+    monkeypatch.setenv("CURATION_NO_DEMO", "1")
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=180)
+    at.run()
+    at.switch_page("pages/export.py").run()
+    assert not at.exception
+    at.selectbox(key="ex_format").set_value("csv").run()
+    at.selectbox(key="ex_version").set_value("v1").run()
+    out = tmp_path / "v1-export"
+    at.text_input(key="ex_out_csv").set_value(str(out)).run()
+    at.button(key="ex_go").click().run()
+    assert not at.exception
+    assert any("from snapshot v1" in s.value for s in at.success), [s.value for s in at.success]
+    import pandas as pd
+
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert dict(zip(manifest["filepath"], manifest["label"])) == labels_v1
+    assert set(manifest["id"]) == set(curated.values("id"))  # the dataset's own sample ids
