@@ -222,6 +222,8 @@ def cmd_analyze(args) -> int:
     from tqdm import tqdm
 
     dataset = load_dataset(args.dataset)
+    if args.patches or args.predictions:
+        return _analyze_objects(dataset, args)
     finders = None
     if args.finders is not None:
         finders = list(_names(args.finders))
@@ -254,10 +256,37 @@ def cmd_analyze(args) -> int:
     return 1 if report.errors else 0
 
 
+def _analyze_objects(dataset, args) -> int:
+    """``analyze --patches FIELD [--predictions FIELD]``: the object finders (curation.objects)."""
+    from curation.objects import analyze_objects, write_object_findings
+
+    if not args.patches:
+        raise CommandError("--predictions: needs --patches FIELD, the annotated boxes the predictions are checked against")
+    if args.finders is not None:
+        raise CommandError("--finders: the image finders do not run with --patches; run them without --patches")
+    analysis = analyze_objects(dataset, args.patches, args.predictions)
+    write_object_findings(dataset, args.patches, analysis)
+    print(f"objects ({args.patches}): {analysis.summary()}")
+    skipped = analysis.info.get("mislabels", {}).get("skipped")
+    if skipped:
+        print(f"wrong classes not checked: {skipped}", file=sys.stderr)
+    return 0
+
+
 def cmd_findings(args) -> int:
     from curation.analysis import write_findings_csv
     from curation.datasets import load_dataset
 
+    if args.patches:
+        from curation.files import atomic_file
+        from curation.objects import object_findings
+
+        table = object_findings(load_dataset(args.dataset), args.patches)
+        table["bounding_box"] = table["bounding_box"].map(lambda box: " ".join(f"{v:.6g}" for v in box or []))
+        with atomic_file(args.out) as partial:
+            table.to_csv(partial, index=False)
+        print(f"wrote {len(table)} rows to {args.out}")
+        return 0
     rows = write_findings_csv(load_dataset(args.dataset), args.out, split_field=args.split_field)
     print(f"wrote {rows} rows to {args.out}")
     return 0
@@ -641,6 +670,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyzing.add_argument("--field", help="embedding field (default: the dataset's latest)")
     analyzing.add_argument("--label-field", help="classification field (default: the dataset's)")
     analyzing.add_argument("--split-field", help="field holding train/val/test (default: `split` or split tags)")
+    analyzing.add_argument("--patches", metavar="FIELD", help="check the boxes of this Detections field instead of the "
+                                                              "images (wrong classes, duplicate boxes, ...)")
+    analyzing.add_argument("--predictions", metavar="FIELD", help="with --patches: a model's Detections, for missing, "
+                                                                  "spurious and badly located boxes")
     analyzing.set_defaults(handler=cmd_analyze)
 
     finding = commands.add_parser("findings", help="write the per-sample findings as CSV")
@@ -648,6 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
     finding.add_argument("--out", required=True, help="CSV file to write (its folder must exist)")
     finding.add_argument("--split-field", help="field for the `split` column (default: the field `curation split` "
                                                "wrote last, else `split`, else train/val/test tags)")
+    finding.add_argument("--patches", metavar="FIELD", help="one row per box of this Detections field (after "
+                                                            "`analyze --patches FIELD`)")
     finding.set_defaults(handler=cmd_findings)
 
     queueing = commands.add_parser("queue", help="print or save the ranked review queue of every finder's flags")
