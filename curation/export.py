@@ -562,6 +562,10 @@ def _export(dataset, out_dir: Path, *, format: str, label_field: str | None, spe
         raise ExportError(f"export: {format} needs labels, and dataset {dataset_name!r} has no Classification or "
                           "Detections field; export as fiftyone, csv or parquet, or name a label field")
     view = build_view(dataset, label_field, spec)
+    if kind == "detections":  # boxes decided "remove" are left out (curation.object_decisions)
+        from curation.object_decisions import kept_boxes_view
+
+        view = kept_boxes_view(view, label_field)
     if not len(view):
         raise CurationInputError(f"export: the view selects no samples of dataset {dataset_name!r} (filters: {spec.to_dict()})")
     report = ExportReport(out_dir=out_dir, format=format, samples=len(view), per_split={},

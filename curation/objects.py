@@ -228,11 +228,13 @@ def find_object_mislabels(dataset, field: str, table: pd.DataFrame, *, seed: int
     from curation.neighbors import compute_neighbors
 
     empty = pd.DataFrame({"mislabel_score": np.nan, "suggested_label": None}, index=table.index)
+    from curation.embeddings import NoEmbeddingRecordError
+    from curation.patches import load_patch_embeddings
+
     try:
-        from curation.patches import load_patch_embeddings
-    except ImportError as error:  # the module ships with this one; kept readable if it is missing
-        return empty, {"skipped": f"per-object embeddings are not available ({error})"}
-    _, detection_ids, _, _, matrix = load_patch_embeddings(dataset, field)
+        _, detection_ids, _, _, matrix = load_patch_embeddings(dataset, field)
+    except NoEmbeddingRecordError as error:
+        return empty, {"skipped": str(error)}
     if matrix is None or not len(detection_ids):
         return empty, {"skipped": f"no per-object embeddings for {field!r}: run `curation embed --dataset "
                                   f"{dataset.name} --patches {field}`"}

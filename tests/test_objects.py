@@ -159,3 +159,41 @@ def test_config_values_are_checked():
     with pytest.raises(CurationInputError, match="expected a number"):
         ObjectConfig(match_iou=float("nan"))
     assert json.dumps(ObjectConfig().__dict__)
+
+
+def test_object_decisions_fix_remove_accept_and_undo_and_exports_carry_them(detection_dataset, tmp_path):
+    import fiftyone as fo
+
+    from curation.export import export_dataset
+    from curation.object_decisions import accept_missing, relabel_objects, remove_objects, undo_objects
+    from curation.objects import analyze_objects, write_object_findings
+
+    dataset, planted = detection_dataset
+    write_object_findings(dataset, "ground_truth", analyze_objects(dataset, "ground_truth", "predictions"))
+    duplicate = _object(dataset, *planted["duplicate"])
+    wrong = _object(dataset, 0, 0)
+    assert relabel_objects(dataset, "ground_truth", [wrong], "dog", reason="looks like a dog", source="test") == 1
+    assert remove_objects(dataset, "ground_truth", [duplicate], reason="drawn twice", source="test") == 1
+    missing_ids = dataset.skip(planted["missing"]).first()["ground_truth_missing"].detections
+    added = accept_missing(dataset, "ground_truth", [missing_ids[0].id], source="test")
+    boxes = {d.id: d for ds in dataset.values("ground_truth.detections") for d in ds}
+    assert boxes[wrong].label == "dog" and boxes[wrong]["previous_label"] == "cat"
+    assert boxes[duplicate]["decision"] == "remove" and boxes[added[0]]["decision"] == "added"
+
+    out = tmp_path / "coco"
+    export_dataset(dataset, out, format="coco", label_field="ground_truth")
+    back = fo.Dataset.from_dir(dataset_dir=str(out), dataset_type=fo.types.COCODetectionDataset,
+                               data_path="data", labels_path="labels.json")
+    try:
+        total = sum(len(d.detections) for d in back.values("detections") if d)
+        before = sum(len(d or []) for d in dataset.values("ground_truth.detections"))
+        assert total == before - 1  # the removed duplicate is left out, the accepted box is in
+        labels = sorted(d.label for d in back.values("detections")[0].detections)
+        assert labels == ["bird", "dog", "dog"]  # the fixed class
+    finally:
+        back.delete()
+
+    assert undo_objects(dataset, "ground_truth", [wrong, duplicate, added[0]]) == 3
+    boxes = {d.id: d for ds in dataset.values("ground_truth.detections") for d in ds}
+    assert boxes[wrong].label == "cat" and getattr(boxes[wrong], "decision", None) is None
+    assert getattr(boxes[duplicate], "decision", None) is None and added[0] not in boxes
