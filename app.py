@@ -13,20 +13,31 @@ from pages.common import USER_ERRORS, init_session, show_error, show_unexpected,
 st.set_page_config(page_title="Curation", page_icon=":material/photo_library:", layout="wide")
 init_session()
 
-navigation = st.navigation([
-    st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
-    st.Page("pages/map.py", title="Map", icon=":material/scatter_plot:"),
-    st.Page("pages/findings.py", title="Findings", icon=":material/troubleshoot:"),
-    st.Page("pages/review.py", title="Review", icon=":material/rule:"),
-    st.Page("pages/mislabels.py", title="Mislabels", icon=":material/label_off:"),
-    st.Page("pages/agreement.py", title="Annotators", icon=":material/groups:"),
-    st.Page("pages/audit.py", title="Audit", icon=":material/fact_check:"),
-    st.Page("pages/duplicates.py", title="Duplicates", icon=":material/content_copy:"),
-    st.Page("pages/balance.py", title="Balance", icon=":material/balance:"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
-    st.Page("pages/export.py", title="Export", icon=":material/download:"),
-    st.Page("pages/data.py", title="Data", icon=":material/upload:"),
-])
+# Grouped by what a user is doing; expanded, so no page hides behind "View more".
+navigation = st.navigation({
+    "": [st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True)],
+    "Explore": [
+        st.Page("pages/map.py", title="Map", icon=":material/scatter_plot:"),
+        st.Page("pages/findings.py", title="Findings", icon=":material/troubleshoot:"),
+        st.Page("pages/balance.py", title="Balance", icon=":material/balance:"),
+        st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
+    ],
+    "Fix": [
+        st.Page("pages/review.py", title="Review", icon=":material/rule:"),
+        st.Page("pages/mislabels.py", title="Mislabels", icon=":material/label_off:"),
+        st.Page("pages/duplicates.py", title="Duplicates", icon=":material/content_copy:"),
+        st.Page("pages/agreement.py", title="Annotators", icon=":material/groups:"),
+        st.Page("pages/audit.py", title="Audit", icon=":material/fact_check:"),
+    ],
+    "Track": [
+        st.Page("pages/versions.py", title="Versions", icon=":material/history:"),
+        st.Page("pages/quality.py", title="Quality", icon=":material/monitoring:"),
+    ],
+    "Data": [
+        st.Page("pages/export.py", title="Export", icon=":material/download:"),
+        st.Page("pages/data.py", title="Data", icon=":material/upload:"),
+    ],
+}, expanded=True)
 try:
     sidebar()
     navigation.run()

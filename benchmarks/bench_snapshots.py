@@ -39,8 +39,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 CLASSES = [f"class{i}" for i in range(10)]
 
 
-def make_files(folder: Path, count: int) -> list[str]:
-    """``count`` distinct paths, hard links to one PNG, in 1,000 sub-folders."""
+def make_files(folder: Path, count: int, names: str = "sequential") -> list[str]:
+    """``count`` distinct paths, hard links to one PNG, in 1,000 sub-folders; file names
+    numbered in order, or random (``names="random"``: 32 hex digits, as content-addressed
+    stores name files; they compress far less)."""
+    import uuid
+
     source = next((ROOT / "data" / "fashion-mnist-demo").rglob("*.png"))
     paths = []
     for index in range(count):
@@ -48,7 +52,7 @@ def make_files(folder: Path, count: int) -> list[str]:
         if index < 1000:
             sub.mkdir(exist_ok=True)
             shutil.copy(source, sub / "original.png")  # one per folder: ext4 allows 65,000 links per file
-        path = sub / f"img_{index:07d}.png"
+        path = sub / (f"img_{index:07d}.png" if names == "sequential" else f"{uuid.uuid4().hex}.png")
         os.link(sub / "original.png", path)
         paths.append(str(path))
     return paths
@@ -115,7 +119,7 @@ def command(args: list[str], env: dict) -> float:
     return time.perf_counter() - started
 
 
-def run_size(count: int, work: Path) -> dict:
+def run_size(count: int, work: Path, names: str = "sequential") -> dict:
     import fiftyone as fo
 
     from curation import snapshots
@@ -124,9 +128,9 @@ def run_size(count: int, work: Path) -> dict:
 
     files = work / f"files-{count}"
     files.mkdir()
-    paths, make_s = timed(make_files, files, count)
+    paths, make_s = timed(make_files, files, count, names)
     dataset, build_s = timed(build_dataset, f"bench-snapshots-{count}", paths)
-    row: dict = {"samples": count, "build_dataset_s": round(build_s, 1), "make_files_s": round(make_s, 1)}
+    row: dict = {"samples": count, "file_names": names, "build_dataset_s": round(build_s, 1), "make_files_s": round(make_s, 1)}
     before = rss_mib()
     state, row["read_state_s"] = timed(snapshots.read_state, dataset)
     row["read_state_rss_mib"] = round(rss_mib() - before, 1)
@@ -152,6 +156,7 @@ def run_size(count: int, work: Path) -> dict:
     row["cli_diff_s"] = round(command(["snapshot", "diff", "--dataset", dataset.name, "v1", "v-cli", "--limit", "5"],
                                       env), 1)
     clone, row["clone_s"] = timed(dataset.clone, f"bench-clone-{count}")
+    fo.core.odm.get_db_conn().client.admin.command("fsync")  # storageSize is only current after a checkpoint
     stats = fo.core.odm.get_db_conn().command("collStats", clone._sample_collection_name)
     row["clone_mib"] = round(stats["size"] / 2**20, 1)
     row["clone_storage_mib"] = round(stats["storageSize"] / 2**20, 1)
@@ -169,11 +174,11 @@ def run_size(count: int, work: Path) -> dict:
 
 def markdown(rows: list[dict], machine: str) -> str:
     lines = [f"Machine: {machine}", "",
-             "| samples | snapshot | size | read state (stats) | list | diff | restore 1% | trend | CLI create | "
+             "| samples (names) | snapshot | size | read state (stats) | list | diff | restore 1% | trend | CLI create | "
              "CLI diff | clone (peer) | clone size | FiftyOne values() |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['samples']:,} | {r['create_s']} s | {r['snapshot_mib']} MiB | {r['read_state_s']} s "
+        lines.append(f"| {r['samples']:,} ({r.get('file_names', 'sequential')}) | {r['create_s']} s | {r['snapshot_mib']} MiB | {r['read_state_s']} s "
                      f"({r['stat_s']} s) | {r['list_s']} s | {r['diff_s']} s | {r['restore_s']} s | {r['trend_s']} s | "
                      f"{r['cli_create_s']} s | {r['cli_diff_s']} s | {r['clone_s']} s | {r['clone_storage_mib']} MiB | "
                      f"{r['fiftyone_values_s']} s |")
@@ -186,6 +191,8 @@ def main() -> int:
     parser.add_argument("--json")
     parser.add_argument("--markdown")
     parser.add_argument("--work", help="scratch folder (default: a temporary one, removed afterwards)")
+    parser.add_argument("--names", choices=("sequential", "random"), default="sequential",
+                        help="file names numbered in order, or 32 random hex digits (compress far less)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-snapshots-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -198,7 +205,7 @@ def main() -> int:
     rows = []
     try:
         for size in [int(s) for s in args.sizes.split(",")]:
-            row = run_size(size, work)
+            row = run_size(size, work, args.names)
             print(json.dumps(row), flush=True)
             rows.append(row)
     finally:

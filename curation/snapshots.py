@@ -432,6 +432,9 @@ def check_name(name: Any) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise CurationInputError(f"snapshot name: expected 1-64 letters, digits, '.', '_' or '-' (starting with a "
                                  f"letter or digit), got {str(name)[:80]!r}")
+    if name == CURRENT:  # diff_snapshots(dataset, "current") means the current state
+        raise CurationInputError(f"snapshot name: {CURRENT!r} is reserved for the dataset's current state; "
+                                 "choose another name")
     return name
 
 
@@ -703,8 +706,23 @@ def _differs(left: pd.Series, right: pd.Series) -> np.ndarray:
     return ~same
 
 
+def _with_split_columns(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both tables with the split columns of either, None where a side had no such field (a
+    split made after a snapshot is a move from None; without this, a column on one side only
+    keeps its name through ``merge`` and is never compared)."""
+    columns = sorted({c for c in (*a.columns, *b.columns) if c.startswith("split:")})
+
+    def pad(frame: pd.DataFrame) -> pd.DataFrame:
+        missing = {c: pd.Series([None] * len(frame), index=frame.index, dtype=object) for c in columns
+                   if c not in frame}
+        return frame.assign(**missing) if missing else frame
+
+    return pad(a), pad(b)
+
+
 def diff_tables(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The per-sample differences between two state tables (see :class:`Diff`)."""
+    a, b = _with_split_columns(a, b)
     keys = ["id", "filepath", "label"]
     added = b.loc[~b["id"].isin(a["id"]), keys].reset_index(drop=True)
     removed = a.loc[~a["id"].isin(b["id"]), keys].reset_index(drop=True)
@@ -847,6 +865,11 @@ def restore_snapshot(dataset, name: str) -> RestoreResult:
     _ensure_fields(dataset, label_field if label_field else None)
     if label_field and label_field != current.label_field:
         current = read_state(dataset, label_field=label_field, with_quality=False)
+    # Split fields made since the snapshot are cleared (the snapshot's state had none), and the
+    # snapshot's split fields are written even where the dataset no longer has them.
+    snapshot, current_table = _with_split_columns(snapshot, current.table)
+    current = State(table=current_table, label_field=current.label_field, split_fields=current.split_fields,
+                    quality=current.quality, details=current.details)
     split_names = [c[len("split:"):] for c in snapshot.columns if c.startswith("split:")]
     for split in split_names:
         if not dataset.has_sample_field(split):
@@ -869,6 +892,15 @@ def restore_snapshot(dataset, name: str) -> RestoreResult:
     missing = int((~snapshot["id"].isin(current.table["id"])).sum())
     added = int((~current.table["id"].isin(snapshot["id"])).sum())
     return RestoreResult(snapshot=ref.name, before=before.name, missing=missing, added_since=added, **counts)
+
+
+def restore_events(dataset) -> list[dict]:
+    """The dataset's restores, oldest first: ``{at, snapshot, before, restored}`` each (``before``
+    is what :func:`undo_restore` brings back), read from the database now."""
+    from curation.datasets import curation_info
+
+    _fresh(dataset)
+    return [dict(event) for event in curation_info(dataset).get(RESTORES_KEY, [])]
 
 
 def undo_restore(dataset) -> RestoreResult:

@@ -217,3 +217,20 @@ def test_the_export_page_exports_an_earlier_snapshot(curated, tmp_path, monkeypa
     manifest = pd.read_csv(out / "manifest.csv")
     assert dict(zip(manifest["filepath"], manifest["label"])) == labels_v1
     assert set(manifest["id"]) == set(curated.values("id"))  # the dataset's own sample ids
+
+
+def test_a_split_made_after_a_snapshot_is_a_move_and_a_restore_clears_it(curated):
+    from curation.errors import CurationInputError
+    from curation.snapshots import create_snapshot, diff_snapshots, restore_events, restore_snapshot, undo_restore
+
+    create_snapshot(curated, "v1")
+    curated.add_sample_field("curation_split", __import__("fiftyone").StringField)
+    curated.set_values("curation_split", ["train"] * len(curated))
+    assert diff_snapshots(curated, "v1").counts()["split_moves"] == len(curated)
+    restore_snapshot(curated, "v1")
+    assert set(curated.values("curation_split")) == {None} and diff_snapshots(curated, "v1").is_empty()
+    assert [event["snapshot"] for event in restore_events(curated)] == ["v1"]
+    undo_restore(curated)
+    assert set(curated.values("curation_split")) == {"train"}
+    with pytest.raises(CurationInputError, match="reserved"):
+        create_snapshot(curated, "current")
