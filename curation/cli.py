@@ -129,10 +129,43 @@ def _embed(dataset, args) -> None:
           f"({run.already_done} already done, {len(run.failures)} skipped)")
 
 
+def _embed_patches(dataset, args) -> None:
+    from curation.patches import DEFAULT_CONTEXT, DEFAULT_MIN_SIDE, check_detections_field, compute_patch_embeddings
+
+    check_detections_field(dataset, args.patches)
+    bar, update = _progress(f"embedding objects of {dataset.name}.{args.patches}")
+    bar.unit = "obj"
+    try:
+        run = compute_patch_embeddings(
+            dataset, args.patches, model=args.model, checkpoint=args.checkpoint, device=args.device,
+            context=DEFAULT_CONTEXT if args.context is None else args.context,
+            min_side=DEFAULT_MIN_SIDE if args.min_side is None else args.min_side, batch_size=args.batch_size,
+            num_workers=args.workers, allow_fallback=not args.no_fallback, retry_failed=args.retry_failed,
+            image_size=args.image_size, flip_tta=args.flip_tta or None, progress=update)
+    finally:
+        bar.close()
+    if run.fallback_reason:
+        print(f"note: {run.fallback_reason}", file=sys.stderr)
+    for path, reason in run.failures:
+        print(f"failed: {path}: {reason}", file=sys.stderr)
+    for path, detection_id, reason in run.skipped:
+        print(f"skipped: {path}: detection {detection_id}: {reason}", file=sys.stderr)
+    size = f" at {run.image_size} px" + (" with flip TTA" if run.flip_tta else "") if run.image_size else ""
+    print(f"embedded {run.embedded} objects of {run.field!r} with {run.model}{size}, context {run.context:g}, on "
+          f"{run.device} into {run.field}.detections.embedding ({run.already_done} already done, "
+          f"{len(run.skipped)} boxes skipped, {run.failed} on unreadable images)")
+
+
 def cmd_embed(args) -> int:
     from curation.datasets import load_dataset
 
-    _embed(load_dataset(args.dataset), args)
+    if args.patches is None and (args.context is not None or args.min_side is not None):
+        raise CommandError("--context and --min-side apply to object embeddings: add --patches FIELD")
+    dataset = load_dataset(args.dataset)
+    if args.patches is not None:
+        _embed_patches(dataset, args)
+    else:
+        _embed(dataset, args)
     return 0
 
 
@@ -635,10 +668,18 @@ def build_parser() -> argparse.ArgumentParser:
     importing.add_argument("--csv-label-column", default="label")
     importing.set_defaults(handler=cmd_import)
 
-    embedding = commands.add_parser("embed", help="compute image embeddings (resumable, cached)")
+    embedding = commands.add_parser("embed", help="compute image (or object) embeddings (resumable, cached)")
     embedding.add_argument("--dataset", required=True)
     _add_embed_options(embedding)
-    embedding.set_defaults(handler=cmd_embed)
+    embedding.add_argument("--patches", metavar="FIELD",
+                           help="embed the objects of this Detections field (each box cropped with some context) "
+                                "instead of whole images; default model: the field's earlier one, else the images'")
+    embedding.add_argument("--context", type=_number_in(0, 1),
+                           help="with --patches: margin around each box, a fraction of its size per side (default 0.1)")
+    embedding.add_argument("--min-side", type=_whole_number(1),
+                           help="with --patches: skip boxes under this many pixels a side (default 2)")
+    # No --model given: None, so --patches can default to the model the dataset already uses.
+    embedding.set_defaults(handler=cmd_embed, model=None)
 
     mapping = commands.add_parser("map", help="compute and cache the 2-D UMAP map")
     mapping.add_argument("--dataset", required=True)

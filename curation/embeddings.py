@@ -200,6 +200,30 @@ def _choose_input(root, dataset, field_name: str, embedder: Embedder, image_size
     return size, embedder.crop, flip, f"auto: median longer side {typical:g} px over {count} images"
 
 
+def resolve_embedder(model: str | ModelSpec | None, checkpoint: str | None, embedder: Embedder | None, *,
+                     device: str = "auto", allow_fallback: bool = True) -> tuple[ModelSpec, Embedder]:
+    """(the model asked for, the embedder to use), as :func:`compute_embeddings` takes them.
+
+    ``model`` None with a ready ``embedder`` means the model that embedder was loaded for;
+    None without one means ``DEFAULT_MODEL``. A ready embedder must be the model asked for
+    (or what :func:`~curation.models.load_embedder` fell back to for it).
+
+    Raises:
+        CurationInputError: ``embedder`` is another model than ``model``.
+    """
+    # The run records what was asked for; for a ready embedder, what it was loaded for.
+    loaded_for = getattr(embedder, "requested_spec", None) or getattr(embedder, "spec", None)
+    if model is None and embedder is not None:
+        spec = loaded_for
+    else:
+        spec = model if isinstance(model, ModelSpec) else resolve_model(model or DEFAULT_MODEL, checkpoint)
+    if embedder is None:
+        embedder = load_embedder(spec, device=device, allow_fallback=allow_fallback)
+    elif spec not in (embedder.spec, loaded_for):
+        raise CurationInputError(f"embedder: expected a loaded {spec.name!r} (model=), got {embedder.spec.name!r}")
+    return spec, embedder
+
+
 def compute_embeddings(
     dataset,
     *,
@@ -253,16 +277,7 @@ def compute_embeddings(
     import torch
     from torch.utils.data import DataLoader
 
-    # The run records what was asked for; for a ready embedder, what it was loaded for.
-    loaded_for = getattr(embedder, "requested_spec", None) or getattr(embedder, "spec", None)
-    if model is None and embedder is not None:
-        spec = loaded_for
-    else:
-        spec = model if isinstance(model, ModelSpec) else resolve_model(model or DEFAULT_MODEL, checkpoint)
-    if embedder is None:
-        embedder = load_embedder(spec, device=device, allow_fallback=allow_fallback)
-    elif spec not in (embedder.spec, loaded_for):
-        raise CurationInputError(f"embedder: expected a loaded {spec.name!r} (model=), got {embedder.spec.name!r}")
+    spec, embedder = resolve_embedder(model, checkpoint, embedder, device=device, allow_fallback=allow_fallback)
     used = embedder.spec
     field_name, error_field = used.field_name, f"{used.field_name}_error"
     root = dataset._root_dataset if hasattr(dataset, "_root_dataset") else dataset
@@ -355,6 +370,21 @@ def _record_run(dataset, run: EmbeddingRun, used: ModelSpec, requested: ModelSpe
     update_curation_info(dataset, embeddings=runs, default_embeddings=run.field)
 
 
+def recorded_spec(record: dict, what: str) -> ModelSpec:
+    """The model a run record (``model_spec``) says made ``what`` (a field name, for messages).
+
+    Raises:
+        ModelUnavailableError: the recorded checkpoint file no longer exists.
+    """
+    import dataclasses
+
+    known = {item.name for item in dataclasses.fields(ModelSpec)}
+    spec = ModelSpec(**{key: value for key, value in record["model_spec"].items() if key in known})
+    if spec.checkpoint and not os.path.isfile(spec.checkpoint):
+        raise ModelUnavailableError(f"{what} was embedded with the checkpoint {spec.checkpoint}, which no longer exists")
+    return spec
+
+
 def embedder_for_field(dataset, field_name: str, *, device: str = "auto") -> Embedder:
     """The model loaded exactly as ``field_name`` was embedded, from its run record.
 
@@ -367,17 +397,12 @@ def embedder_for_field(dataset, field_name: str, *, device: str = "auto") -> Emb
         NoEmbeddingRecordError: the dataset has no record of the model behind the field.
         ModelUnavailableError: the recorded model (or its checkpoint file) cannot be loaded here.
     """
-    import dataclasses
-
     root = dataset._root_dataset if hasattr(dataset, "_root_dataset") else dataset
     record = curation_info(root).get("embeddings", {}).get(field_name)
     if not record or "model_spec" not in record:
         raise NoEmbeddingRecordError(
             f"no record of the model behind {field_name!r} on dataset {root.name!r}; re-run `curation embed --dataset {root.name}`")
-    known = {item.name for item in dataclasses.fields(ModelSpec)}
-    spec = ModelSpec(**{key: value for key, value in record["model_spec"].items() if key in known})
-    if spec.checkpoint and not os.path.isfile(spec.checkpoint):
-        raise ModelUnavailableError(f"{field_name} was embedded with the checkpoint {spec.checkpoint}, which no longer exists")
+    spec = recorded_spec(record, field_name)
     embedder = load_embedder(spec, device=device, allow_fallback=False)
     size, crop, flip = recorded_input(record, embedder)
     if embedder.resizable:
