@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import DEMO_SOURCE
+DEMO_SOURCE = Path(__file__).resolve().parents[1] / "data" / "fashion-mnist-demo"
 
 
 def _box(rng, size=0.25):
