@@ -24,6 +24,7 @@ navigation = st.navigation({
     ],
     "Fix": [
         st.Page("pages/review.py", title="Review", icon=":material/rule:"),
+        st.Page("pages/objects.py", title="Objects", icon=":material/select_all:"),
         st.Page("pages/mislabels.py", title="Mislabels", icon=":material/label_off:"),
         st.Page("pages/duplicates.py", title="Duplicates", icon=":material/content_copy:"),
         st.Page("pages/agreement.py", title="Annotators", icon=":material/groups:"),

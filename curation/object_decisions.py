@@ -2,7 +2,7 @@
 accept a box the model found and nobody annotated; every one undoable.
 
 Stored on the detection itself (visible and filterable in the FiftyOne App and in patch
-views): ``decision`` (``relabel``, ``remove``, ``added``), ``decision_reason``,
+views): ``decision`` (``relabel``, ``remove``, ``added``, ``keep``), ``decision_reason``,
 ``decision_source``, ``decision_at``, ``previous_label`` (the class before curation) and
 ``decision_history`` (every decision with the state it replaced). A removed box stays in the
 field, marked ``remove``: exports leave it out (:func:`kept_boxes_view`), and undo brings it
@@ -17,7 +17,7 @@ from typing import Iterable
 from curation.datasets import now_iso
 from curation.errors import CurationInputError
 
-OBJECT_DECISIONS = ("relabel", "remove", "added")
+OBJECT_DECISIONS = ("relabel", "remove", "added", "keep")
 
 
 def _locate(dataset, field: str, object_ids: Iterable[str]) -> dict[str, list[str]]:
@@ -100,6 +100,13 @@ def accept_object_suggestions(dataset, field: str, object_ids: Iterable[str], *,
                for label, ids in suggestions.items())
 
 
+def keep_objects(dataset, field: str, object_ids: Iterable[str], *, reason: str = "", source: str = "") -> int:
+    """Mark the boxes reviewed and right as they are (a flag dismissed): the review queue
+    leaves them out; undo brings the flag back. ``field`` may be ``<field>_missing``, to
+    dismiss a predicted box that is not really missing. Exports are unaffected."""
+    return _apply(dataset, field, object_ids, "keep", reason=reason or "reviewed: right as it is", source=source)
+
+
 def remove_objects(dataset, field: str, object_ids: Iterable[str], *, reason: str = "", source: str = "") -> int:
     """Mark the boxes removed (kept in the field for undo; exports leave them out)."""
     return _apply(dataset, field, object_ids, "remove", reason=reason or "removed", source=source)
@@ -112,8 +119,8 @@ def accept_missing(dataset, field: str, missing_ids: Iterable[str], *, source: s
 
     missing_field = f"{field}_missing"
     if not dataset.has_sample_field(missing_field):
-        raise CurationInputError(f"{field}: no missing boxes recorded; run `curation analyze --patches {field} "
-                                 "--predictions FIELD` first")
+        raise CurationInputError(f"{field}: no missing boxes recorded; run `curation analyze --dataset {dataset.name} "
+                                 f"--patches {field} --predictions FIELD` first")
     by_sample = _locate(dataset, missing_field, missing_ids)
     stamp = now_iso()
     added = []
