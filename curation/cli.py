@@ -334,7 +334,7 @@ def cmd_doctor(args) -> int:
 
 
 # The kinds of label field a command accepts for --label-field (default: classification only).
-_LABEL_KINDS = {"export": ("Classification", "Detections")}
+_LABEL_KINDS = {"export": ("Classification", "Detections"), "split": ("Classification", "Detections")}
 
 
 def _label_field(dataset, args, *, may_create: bool = False) -> str | None:
@@ -530,8 +530,10 @@ def cmd_split(args) -> int:
     if not args.dry_run:
         write_splits(dataset, result, field=args.field, tags=args.tags)
     print(result.distribution.to_string())
+    if result.image_distribution is not None:  # a Detections field: boxes above, images containing each class here
+        print(result.image_distribution.to_string())
     counts = ", ".join(f"{name} {count}" for name, count in result.counts().items())
-    excluded = int(result.distribution["excluded"].sum())
+    excluded = result.excluded_count()
     print(f"{'would write' if args.dry_run else 'wrote'} split to field {args.field!r}: {counts}; excluded {excluded}; "
           f"{result.n_groups} groups (largest {result.largest_group})")
     if result.class_weights:
@@ -769,7 +771,8 @@ def build_parser() -> argparse.ArgumentParser:
     splitting.add_argument("--include-removed", action="store_true", help="give samples decided 'remove' a split too")
     splitting.add_argument("--field", default="curation_split", help="sample field to write the split to")
     splitting.add_argument("--tags", action="store_true", help="also tag samples with their split name")
-    splitting.add_argument("--label-field")
+    splitting.add_argument("--label-field", help="a classification field, or a detections field (stratified by the "
+                                                 "classes of the boxes)")
     splitting.add_argument("--dry-run", action="store_true", help="print the split without writing it")
     splitting.set_defaults(handler=cmd_split)
 

@@ -32,6 +32,7 @@ BALANCE_MODES = ("none", "cap", "undersample", "weights")
 DEFAULT_SPLIT_FIELD = "curation_split"
 EXCLUDED_COLUMN = "excluded"
 UNLABELLED = "(unlabelled)"  # how unlabelled samples are named in tables and summaries
+NO_BOXES = "(no boxes)"  # how images without boxes are named in a Detections split's image table
 REMOVED_REASON = "decision: remove"
 RATIO_SUM_TOLERANCE = 1e-6
 _TIE = 1e-9  # changes in squared deficit closer than this count as a tie
@@ -495,6 +496,283 @@ def _water_fill(deficit: np.ndarray, units: int, total_deficit: np.ndarray) -> n
 
 
 # --------------------------------------------------------------------------------------
+# Multi-label assignment (object detection: several classes per image)
+# --------------------------------------------------------------------------------------
+
+PRESENCE_WEIGHT = 0.3  # "images containing the class" beside boxes (weight 1) and images per split (weight 1)
+REFINE_ROUNDS = 10  # rounds of single-group moves after the greedy pass; most data settles in 2-4
+REPAIR_ROUNDS = 100  # single-group moves at most, where a class misses its target by more than the tolerance
+
+
+def assign_multilabel_splits(class_counts, groups, ratios: dict[str, float], seed: int) -> np.ndarray:
+    """Group-respecting split assignment stratified by several classes per sample (the
+    boxes of a detection dataset).
+
+    Every class's boxes, the images per split and, with less weight, the images containing
+    each class are spread over the splits in the given ratios, while all samples of a group
+    land in the same split.
+
+    Algorithm: iterative stratification (Sechidis, Tsoumakas, Vlahavas 2011, "On the
+    stratification of multi-label data") in its group-aware form: a group is one unit
+    carrying the summed box counts of its images. As in the paper, the class with the fewest
+    boxes not yet placed is taken first (ties: seeded random), and all unplaced groups
+    holding it are placed, the most boxes of it first (ties: seeded random), each in the
+    split that wants it most. The paper's "wants most" looks at that one class only (the
+    split with the largest remaining demand for it); here it weighs all of the group's
+    classes, relative to each target: the split where the group lowers Pearson's
+    chi-square distance ``sum (count - target)**2 / target`` most, over boxes per class,
+    images per split and (weight 0.3) images containing each class. Groups without boxes
+    come last and only fill images per split. A few rounds of single-group moves to
+    another split then lower the same distance further, while any move does; last, where a
+    class still misses a target by more than the tolerance below, single-group moves that
+    lower the total excess over it (at most 100).
+
+    Why not the paper's one-class rule, or a library: the rule sends a group's other
+    classes wherever that one class sends the group, and with box counts they pile up: on
+    detection-like data (5,000 images in groups of 1-6, 80 classes, 80/10/10) its mean
+    per-class box error was 6.9 boxes, about as bad as random assignment's 7.3, against 0.8
+    here. And
+    ``iterative-stratification`` and scikit-multilearn take one row per sample with 0/1
+    labels, so they can neither keep a group whole, weigh a group by its images, nor count
+    boxes (and give two-way or equal k-fold splits, not named ratios).
+
+    Tolerance (measured, not proven): for every class ``c`` and split ``s``,
+    ``|boxes_{s,c} - ratio_s * boxes_c| <= m_c + 1``, where ``m_c`` is the most boxes of
+    ``c`` in one group. It held in every one of 3,900 random problems (1-4 splits with
+    shares down to 1 %, 1-30 classes, up to 30 classes per image, groups of 15 images on
+    average) and 15,000 hypothesis examples; random group assignment broke it in 1-65 % of
+    the problems, by up to 5.6 m_c + 1. No algorithm can promise it in general: where groups
+    hold many classes, keeping one class on target can force another off. Images per split
+    land close to their targets too (5,000 images in groups of 1-6: at most 9 off).
+
+    Args:
+        class_counts: (N, K) non-negative integer counts per sample and class (a NumPy
+            array or a SciPy sparse matrix), e.g. boxes of each class in each image; a row
+            of zeros is a sample without boxes.
+        groups: (N,) int group id per sample; equal ids must share a split.
+        ratios: ``{split name: share}``; shares positive, summing to 1 (within 1e-6). The
+            order is the tie-break order.
+        seed: the same seed gives the same assignment.
+
+    Returns:
+        (N,) object array with the split name of each sample.
+
+    Raises:
+        ValueError: bad ratios, counts that are not a 2-D array of non-negative integers,
+            or groups that are not one integer per row of ``class_counts``.
+
+    Speed: about 0.5 s for 20k single images with 125k boxes in 40 classes, 2.5 s for 100k
+    (80 classes), 1 s for 100k images in 28k groups.
+    """
+    pairs = validate_ratios(ratios)
+    names = np.array([name for name, _ in pairs], dtype=object)
+    shares = np.array([share for _, share in pairs], dtype=float)
+    counts = _count_matrix(class_counts)
+    groups = np.asarray(groups)
+    if groups.shape != (counts.shape[0],):
+        raise CurationInputError(f"groups: expected one group id per sample, shape ({counts.shape[0]},), "
+                                 f"got shape {groups.shape}")
+    if groups.size and groups.dtype.kind not in "iu":
+        raise CurationInputError(f"groups: expected integer group ids, got dtype {groups.dtype}")
+    if counts.shape[0] == 0:
+        return np.empty(0, dtype=object)
+    return names[_assign_multilabel_indices(counts, groups.astype(np.int64), shares, seed)]
+
+
+def _count_matrix(class_counts):
+    """``class_counts`` as a CSR matrix of int64, after checking shape, type and sign."""
+    from scipy import sparse
+
+    if sparse.issparse(class_counts):
+        matrix = sparse.csr_matrix(class_counts)
+    else:
+        array = np.asarray(class_counts)
+        if array.ndim != 2:
+            raise CurationInputError(f"class_counts: expected a 2-D array (samples, classes), got shape {array.shape}")
+        matrix = sparse.csr_matrix(array) if array.size else sparse.csr_matrix(array.shape, dtype=np.int64)
+    if matrix.ndim != 2:
+        raise CurationInputError(f"class_counts: expected a 2-D array (samples, classes), got shape {matrix.shape}")
+    if matrix.nnz and matrix.dtype.kind not in "iub":
+        raise CurationInputError(f"class_counts: expected integer counts, got dtype {matrix.dtype}")
+    if matrix.nnz and matrix.data.min() < 0:
+        raise CurationInputError(f"class_counts: expected counts of zero or more, got {matrix.data.min()}")
+    matrix = matrix.astype(np.int64)
+    matrix.eliminate_zeros()
+    return matrix
+
+
+def _assign_multilabel_indices(counts, groups: np.ndarray, shares: np.ndarray, seed: int) -> np.ndarray:
+    """Split index per row of ``counts`` (CSR, int64): see :func:`assign_multilabel_splits`."""
+    from scipy import sparse
+
+    rng = np.random.default_rng(seed)
+    n_rows, n_classes = counts.shape
+    _, unit_of = np.unique(groups, return_inverse=True)
+    unit_of = unit_of.ravel()
+    n_units = int(unit_of.max()) + 1
+    if len(shares) == 1:
+        return np.zeros(n_rows, dtype=np.int64)
+    membership = sparse.csr_matrix((np.ones(n_rows, dtype=np.int64), (unit_of, np.arange(n_rows))),
+                                   shape=(n_units, n_rows))
+    boxes = (membership @ counts).tocsr()
+    presence = (membership @ (counts > 0).astype(np.int64)).tocsr()
+    for matrix in (boxes, presence):
+        matrix.sum_duplicates()
+        matrix.eliminate_zeros()
+    images = np.bincount(unit_of, minlength=n_units)
+    fit = _ChiSquareFit(boxes, presence, images, shares / shares.sum())
+    unit_key = rng.random(n_units)
+    class_key = rng.random(n_classes)
+
+    # Iterative stratification: the class with the fewest boxes left decides the next groups.
+    columns = boxes.tocsc()
+    remaining = np.asarray(boxes.sum(axis=0)).ravel().astype(np.int64)
+    finished = np.zeros(n_classes, dtype=bool)
+    while True:
+        open_classes = np.flatnonzero((remaining > 0) & ~finished)
+        if not open_classes.size:
+            break
+        klass = open_classes[np.lexsort((class_key[open_classes], remaining[open_classes]))[0]]
+        finished[klass] = True
+        start, end = columns.indptr[klass], columns.indptr[klass + 1]
+        members, amounts = columns.indices[start:end], columns.data[start:end]
+        unplaced = fit.split[members] < 0
+        members, amounts = members[unplaced], amounts[unplaced]
+        for unit in members[np.lexsort((unit_key[members], -amounts))].tolist():
+            fit.place(unit)
+            start, end = boxes.indptr[unit], boxes.indptr[unit + 1]
+            remaining[boxes.indices[start:end]] -= boxes.data[start:end]
+    # Groups without boxes, largest first, fill the images per split.
+    rest = np.flatnonzero(fit.split < 0)
+    for unit in rest[np.lexsort((unit_key[rest], -images[rest]))].tolist():
+        fit.place(unit)
+    fit.refine(REFINE_ROUNDS)
+    fit.repair(boxes, REPAIR_ROUNDS)
+    return fit.split[unit_of]
+
+
+class _ChiSquareFit:
+    """Groups placed in splits so far, and Pearson's chi-square distance of the resulting
+    counts (boxes per class, images containing each class, images) from their targets.
+
+    The distance is ``sum_{s,c} weight_{s,c} * deficit_{s,c}**2`` with ``deficit = target -
+    count`` and ``weight = 1 / target`` (times ``PRESENCE_WEIGHT`` for the image-presence
+    part), so a box of a rare class or in a small split weighs more than one of a common
+    class in a large split: the error is relative to each target, as in the paper, where a
+    split's "desire" for a label is its remaining demand. The three kinds of counts are rows
+    of one (2K + 1, S) table: boxes of each class, images containing each class, images.
+    """
+
+    def __init__(self, boxes, presence, images: np.ndarray, shares: np.ndarray) -> None:
+        from scipy import sparse
+
+        self.contents = sparse.hstack([boxes, presence, sparse.csr_matrix(images[:, None])], format="csr",
+                                      dtype=np.float64)
+        targets = np.asarray(self.contents.sum(axis=0), dtype=np.float64).T * shares[None, :]  # (2K + 1, S)
+        weight = np.ones(targets.shape[0])
+        weight[boxes.shape[1]:2 * boxes.shape[1]] = PRESENCE_WEIGHT
+        # A target can only be 0 for a class without boxes, which no group holds.
+        self.weight = weight[:, None] / np.maximum(targets, _TIE)
+        self.deficit = targets
+        self.split = np.full(len(images), -1, dtype=np.int64)
+
+    def _contents(self, unit: int) -> tuple[np.ndarray, np.ndarray]:
+        start, end = self.contents.indptr[unit], self.contents.indptr[unit + 1]
+        return self.contents.indices[start:end], self.contents.data[start:end]
+
+    def _adding_costs(self, rows: np.ndarray, amounts: np.ndarray) -> np.ndarray:
+        """(S,) change of the distance if the group went into each split (not being in any)."""
+        amounts = amounts[:, None]
+        return (self.weight[rows] * amounts * (amounts - 2 * self.deficit[rows])).sum(axis=0)
+
+    def place(self, unit: int) -> None:
+        rows, amounts = self._contents(unit)
+        best = _pick_split(self._adding_costs(rows, amounts), self.deficit[-1])
+        self.split[unit] = best
+        self.deficit[rows, best] -= amounts
+
+    def refine(self, rounds: int, patience: int = 64) -> None:
+        """Move single groups to the split where they lower the distance most, while any
+        does: each round scores every move at once, then makes the promising ones one at a
+        time, each checked again against the counts as they are by then (a round ends after
+        ``patience`` checks in a row that no longer pay: the moves scored alike were
+        alternatives to one another)."""
+        units = np.arange(len(self.split))
+        for _ in range(rounds):
+            deltas = self._move_deltas()
+            targets = np.argmin(deltas, axis=1)
+            gains = deltas[units, targets]
+            candidates = np.flatnonzero(gains < -_TIE)
+            if not candidates.size:
+                return
+            idle = 0
+            for unit in candidates[np.argsort(gains[candidates], kind="stable")].tolist():
+                rows, amounts = self._contents(unit)
+                current = int(self.split[unit])
+                self.deficit[rows, current] += amounts
+                costs = self._adding_costs(rows, amounts)
+                best = int(np.argmin(costs))
+                if costs[best] < costs[current] - _TIE:
+                    current, idle = best, 0
+                else:
+                    idle += 1
+                self.split[unit] = current
+                self.deficit[rows, current] -= amounts
+                if idle >= patience:
+                    break
+
+    def repair(self, boxes, rounds: int) -> None:
+        """Where a class's boxes in a split miss the target by more than the tolerance
+        ``m_c + 1`` (``m_c``: the most boxes of the class in one group), move single groups
+        while that lowers the total excess ``sum max(0, |deficit| / (m_c + 1) - 1)``; each
+        round makes the one move that lowers it most."""
+        n_classes = boxes.shape[1]
+        if not n_classes or not boxes.nnz:
+            return
+        allowance = boxes.max(axis=0).toarray().ravel() + 1.0
+        columns = boxes.tocsc()
+
+        def excess(deficit: np.ndarray, classes: np.ndarray) -> np.ndarray:
+            return np.maximum(np.abs(deficit) / allowance[classes, None] - 1, 0)
+
+        for _ in range(rounds):
+            over = np.flatnonzero((excess(self.deficit[:n_classes], np.arange(n_classes)) > _TIE).any(axis=1))
+            if not over.size:
+                return
+            units = np.unique(np.concatenate([columns.indices[columns.indptr[c]:columns.indptr[c + 1]] for c in over]))
+            part = boxes[units].tocoo()  # (unit, class, boxes) of the groups holding an off-target class
+            owner, classes, amounts = units[part.row], part.col, part.data.astype(np.float64)[:, None]
+            current = self.split[owner]
+            deficit = self.deficit[classes]  # (nnz, S)
+            before = excess(deficit, classes)
+            added = excess(deficit - amounts, classes) - before  # moving into each split
+            mine = np.arange(len(owner))
+            removed = (excess(deficit[mine, current][:, None] + amounts, classes)[:, 0] - before[mine, current])
+            change = added + removed[:, None]
+            change[mine, current] = 0.0
+            per_unit = np.zeros((len(units), change.shape[1]))
+            np.add.at(per_unit, np.searchsorted(units, owner), change)
+            best = np.unravel_index(np.argmin(per_unit), per_unit.shape)
+            if per_unit[best] >= -_TIE:
+                return
+            unit, target = int(units[best[0]]), int(best[1])
+            rows, amounts = self._contents(unit)
+            self.deficit[rows, self.split[unit]] += amounts
+            self.deficit[rows, target] -= amounts
+            self.split[unit] = target
+
+    def _move_deltas(self) -> np.ndarray:
+        """(U, S) change of the distance if each group moved to each split (0 for its own)."""
+        units = np.arange(len(self.split))
+        squares = np.asarray(self.contents.multiply(self.contents) @ self.weight)  # sum_r w a^2
+        linear = 2 * np.asarray(self.contents @ (self.weight * self.deficit))  # 2 sum_r w a d
+        own = squares[units, self.split] + linear[units, self.split]  # taking the group out of its split
+        deltas = squares - linear + own[:, None]
+        deltas[units, self.split] = 0.0
+        return deltas
+
+
+# --------------------------------------------------------------------------------------
 # Balancing
 # --------------------------------------------------------------------------------------
 
@@ -602,12 +880,17 @@ class SplitResult:
         excluded_reason: id -> why it got no split (``"decision: remove"``, or the balancing
             reason such as ``"balance: cap 50 per class"``).
         distribution: counts; index = class (unlabelled samples as ``"(unlabelled)"``),
-            columns = split names in ratio order, then ``"excluded"``.
+            columns = split names in ratio order, then ``"excluded"``. With a Detections
+            label field it counts boxes (``columns.name`` is ``"boxes"``), not samples.
         class_weights: class -> weight ("weights" balancing only), else None.
         n_groups: groups the kept samples formed (singletons included).
         largest_group: samples in the largest group (the ``g_max`` of the tolerance).
         config: the settings used.
         label_field: the label field the classes came from (None: no labels).
+        image_distribution: Detections label field only (else None): images containing at
+            least one box of the class, with a last row ``"(no boxes)"`` for the images
+            without any; the columns as in ``distribution``. An image with boxes of two
+            classes counts in both rows.
     """
 
     ids: list[str]
@@ -619,24 +902,31 @@ class SplitResult:
     largest_group: int
     config: SplitConfig
     label_field: str | None = None
+    image_distribution: pd.DataFrame | None = None
 
     def counts(self) -> dict[str, int]:
         """Samples per split, in ratio order."""
-        return {name: int(self.distribution[name].sum()) for name in self.config.split_names}
+        held = pd.Series(self.split, dtype=object).value_counts()
+        return {name: int(held.get(name, 0)) for name in self.config.split_names}
+
+    def excluded_count(self) -> int:
+        """Samples without a split."""
+        return sum(name is None for name in self.split)
 
     def proportions(self) -> pd.DataFrame:
-        """Per class (rows), the share of its split samples that each split holds (rows sum
-        to 1; excluded samples are left out; a class with no split sample gives NaN)."""
+        """Per class (rows), the share of its split samples (boxes, for a Detections field)
+        that each split holds (rows sum to 1; excluded samples are left out; a class with no
+        split sample gives NaN)."""
         counts = self.distribution[list(self.config.split_names)].astype(float)
         return counts.div(counts.sum(axis=1).replace(0, np.nan), axis=0)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able summary for manifests: counts, weights, settings (no per-sample data)."""
         reasons = pd.Series(list(self.excluded_reason.values()), dtype=object).value_counts()
-        return {
+        summary = {
             "total": len(self.ids),
             "counts": self.counts(),
-            "excluded": int(self.distribution[EXCLUDED_COLUMN].sum()),
+            "excluded": self.excluded_count(),
             "excluded_reasons": {str(reason): int(n) for reason, n in sorted(reasons.items())},
             "by_class": {str(name): {column: int(n) for column, n in row.items()}
                          for name, row in self.distribution.iterrows()},
@@ -647,6 +937,12 @@ class SplitResult:
             "label_field": self.label_field,
             "config": self.config.to_dict(),
         }
+        if self.image_distribution is not None:
+            # "by_class" counts boxes here; the images containing each class come beside it.
+            summary["by_class_counts"] = "boxes"
+            summary["by_class_images"] = {str(name): {column: int(n) for column, n in row.items()}
+                                          for name, row in self.image_distribution.iterrows()}
+        return summary
 
 
 def _available_fields(dataset) -> str:
@@ -665,15 +961,29 @@ def _field_kind(field) -> str:
     return f"{document_type.__name__} field" if document_type is not None else type(field).__name__
 
 
-def _require_classification_field(dataset, name: str) -> None:
+def _label_kind(dataset, name: str) -> str:
+    """``"classification"`` or ``"detections"``: the kind of label field ``name`` is."""
     import fiftyone as fo
 
     _require_field(dataset, name, "label_field")
     field = dataset.get_field(name)
     document_type = getattr(field, "document_type", None)
-    if document_type is None or not issubclass(document_type, fo.Classification):
-        raise CurationInputError(f"label_field {name!r}: expected a Classification field (one class per sample), "
-                                 f"got a {_field_kind(field)} on dataset {dataset.name!r}")
+    if document_type is not None and issubclass(document_type, fo.Classification):
+        return "classification"
+    if document_type is not None and issubclass(document_type, fo.Detections):
+        return "detections"
+    raise CurationInputError(f"label_field {name!r}: expected a Classification field (one class per sample) or a "
+                             f"Detections field (boxes, split by their classes), got a {_field_kind(field)} on "
+                             f"dataset {dataset.name!r}")
+
+
+def split_label_fields(dataset) -> list[str]:
+    """The fields :func:`make_splits` can stratify by: Classification fields, then Detections
+    fields, each sorted by name."""
+    import fiftyone as fo
+
+    return [*sorted(dataset.get_field_schema(embedded_doc_type=fo.Classification)),
+            *sorted(dataset.get_field_schema(embedded_doc_type=fo.Detections))]
 
 
 def _require_group_field(dataset, name: str) -> None:
@@ -741,51 +1051,48 @@ def make_splits(dataset, label_field: str | None, config: SplitConfig = SplitCon
     are not their group's suggested keeper, and not decided "keep", are dropped first).
     Unlabelled samples are split as a stratum of their own.
 
+    With a Detections field the images are grouped the same way and assigned by
+    :func:`assign_multilabel_splits` on the classes of their boxes (``{label_field}.
+    detections.label``; a box without a label counts as the class ``"(unlabelled)"``):
+    ``distribution`` counts boxes and ``image_distribution`` the images containing each
+    class (images without boxes as ``"(no boxes)"``). Balancing: ``"weights"`` only,
+    computed from boxes; ``"cap"`` and ``"undersample"`` are refused, as they drop whole
+    images and an image holds boxes of several classes.
+
     Args:
-        label_field: a classification field; None splits without classes (one stratum).
+        label_field: a Classification field, or a Detections field (see above); None splits
+            without classes (one stratum).
 
     Raises:
         ValueError: ``label_field`` or ``config.group_field`` does not exist (the message
-            lists the dataset's fields), the label field is not a Classification field, or
-            the group field is not a scalar field (lists, dicts, labels).
+            lists the dataset's fields), the label field is neither a Classification nor a
+            Detections field, the group field is not a scalar field (lists, dicts, labels),
+            or a Detections field comes with balance ``"cap"`` or ``"undersample"``.
     """
     if not isinstance(config, SplitConfig):
         raise CurationInputError(f"config: expected a SplitConfig, got {type(config).__name__}")
-    if label_field is not None:
-        _require_classification_field(dataset, label_field)
+    kind = _label_kind(dataset, label_field) if label_field is not None else None
+    if kind == "detections" and config.balance in ("cap", "undersample"):
+        raise CurationInputError(
+            f"balance {config.balance!r}: not available for the Detections field {label_field!r}: it drops whole "
+            "images to cut a class down, and an image holds boxes of several classes, so it would cut other classes "
+            f"too; use balance 'none', or 'weights' (class weights from the boxes of split "
+            f"{config.balance_splits[0]!r})")
     if config.group_field is not None:
         _require_group_field(dataset, config.group_field)
     ids = [str(sample_id) for sample_id in dataset.values("id")]
     count = len(ids)
     filepaths = np.array(dataset.values("filepath"), dtype=object)
-    labels = (np.array(dataset.values(f"{label_field}.label"), dtype=object) if label_field
-              else np.full(count, None, dtype=object))
     decisions = (np.array(dataset.values("decision"), dtype=object) if dataset.has_sample_field("decision")
                  else np.full(count, None, dtype=object))
     removed = (decisions == "remove") if config.exclude_removed else np.zeros(count, dtype=bool)
     kept = np.flatnonzero(~removed)
+    groups, near = _kept_groups(dataset, config, filepaths, kept)
+    if kind == "detections":
+        return _make_detection_splits(dataset, label_field, config, ids, removed, kept, groups)
+    labels = (np.array(dataset.values(f"{label_field}.label"), dtype=object) if label_field
+              else np.full(count, None, dtype=object))
 
-    near = leak_partner = None
-    if config.use_duplicate_groups:
-        from curation.analysis import current_values  # only the committed analysis run counts
-
-        findings = current_values(dataset, ["near_duplicate_group", "leak_filepath"])
-    if config.use_duplicate_groups and dataset.has_sample_field("near_duplicate_group"):
-        near = np.array(findings["near_duplicate_group"], dtype=object)[kept]
-    if config.use_duplicate_groups and dataset.has_sample_field("leak_filepath"):
-        row_of_path = {path: row for row, path in enumerate(filepaths[kept])}
-        leak_paths = np.array(findings["leak_filepath"], dtype=object)[kept]
-        leak_partner = np.array([row_of_path.get(path, -1) if path is not None else -1 for path in leak_paths],
-                                dtype=np.int64)
-    user_groups = None
-    if config.group_field is not None:
-        user_groups = np.array(dataset.values(config.group_field), dtype=object)[kept]
-        unhashable = [value for value in user_groups if isinstance(value, (list, dict, set))]
-        if unhashable:
-            raise CurationInputError(f"group_field {config.group_field!r}: expected one group value per sample (an id), "
-                             f"got {type(unhashable[0]).__name__} values such as {unhashable[0]!r}")
-
-    groups = build_groups(kept, near_duplicate_group=near, leak_partner_index=leak_partner, group_values=user_groups)
     kept_labels = labels[kept]
     kept_split = assign_splits(kept_labels, groups, dict(config.ratios), config.seed)
 
@@ -808,6 +1115,99 @@ def make_splits(dataset, label_field: str | None, config: SplitConfig = SplitCon
         n_groups=int(len(sizes)), largest_group=int(sizes.max()) if len(sizes) else 0, config=config,
         label_field=label_field,
     )
+
+
+def _kept_groups(dataset, config: SplitConfig, filepaths: np.ndarray, kept: np.ndarray):
+    """Group id per kept sample (:func:`build_groups`) and the kept samples' near-duplicate
+    groups (None where not used or not computed)."""
+    near = leak_partner = None
+    if config.use_duplicate_groups:
+        from curation.analysis import current_values  # only the committed analysis run counts
+
+        findings = current_values(dataset, ["near_duplicate_group", "leak_filepath"])
+    if config.use_duplicate_groups and dataset.has_sample_field("near_duplicate_group"):
+        near = np.array(findings["near_duplicate_group"], dtype=object)[kept]
+    if config.use_duplicate_groups and dataset.has_sample_field("leak_filepath"):
+        row_of_path = {path: row for row, path in enumerate(filepaths[kept])}
+        leak_paths = np.array(findings["leak_filepath"], dtype=object)[kept]
+        leak_partner = np.array([row_of_path.get(path, -1) if path is not None else -1 for path in leak_paths],
+                                dtype=np.int64)
+    user_groups = None
+    if config.group_field is not None:
+        user_groups = np.array(dataset.values(config.group_field), dtype=object)[kept]
+        unhashable = [value for value in user_groups if isinstance(value, (list, dict, set))]
+        if unhashable:
+            raise CurationInputError(f"group_field {config.group_field!r}: expected one group value per sample (an id), "
+                             f"got {type(unhashable[0]).__name__} values such as {unhashable[0]!r}")
+
+    groups = build_groups(kept, near_duplicate_group=near, leak_partner_index=leak_partner, group_values=user_groups)
+    return groups, near
+
+
+def _make_detection_splits(dataset, label_field: str, config: SplitConfig, ids: list[str], removed: np.ndarray,
+                           kept: np.ndarray, groups: np.ndarray) -> SplitResult:
+    count = len(ids)
+    classes, counts = _box_counts(dataset.values(f"{label_field}.detections.label"))
+    split = np.full(count, None, dtype=object)
+    split[kept] = assign_multilabel_splits(counts[kept], groups, dict(config.ratios), config.seed)
+    excluded_reason = {ids[row]: REMOVED_REASON for row in np.flatnonzero(removed)}
+    distribution, image_distribution = _detection_distributions(classes, counts, split, config.split_names)
+    class_weights = None
+    if config.balance == "weights":
+        in_split = distribution.loc[[name for name in classes if name != UNLABELLED], config.balance_splits[0]]
+        in_split = in_split[in_split > 0]
+        total = int(in_split.sum())
+        class_weights = {str(name): total / (len(in_split) * int(n)) for name, n in in_split.items()}
+    sizes = np.bincount(groups) if len(groups) else np.zeros(0, dtype=np.int64)
+    return SplitResult(
+        ids=ids, split=split.tolist(), excluded_reason=excluded_reason, distribution=distribution,
+        class_weights=class_weights, n_groups=int(len(sizes)), largest_group=int(sizes.max()) if len(sizes) else 0,
+        config=config, label_field=label_field, image_distribution=image_distribution,
+    )
+
+
+def _box_counts(box_labels) -> tuple[list[str], Any]:
+    """Class names (sorted, ``"(unlabelled)"`` last) and an (N, K) CSR matrix of boxes per
+    sample and class, from ``dataset.values("field.detections.label")`` (None for a sample
+    without the field)."""
+    from scipy import sparse
+
+    rows: list[int] = []
+    names: list[str] = []
+    for row, labels in enumerate(box_labels):
+        for label in labels or ():
+            rows.append(row)
+            names.append(UNLABELLED if _is_unlabelled(label) else str(label))
+    classes = sorted(set(names) - {UNLABELLED}) + ([UNLABELLED] if UNLABELLED in names else [])
+    code = {name: index for index, name in enumerate(classes)}
+    counts = sparse.coo_matrix((np.ones(len(rows), dtype=np.int64), (np.array(rows, dtype=np.int64),
+                                np.array([code[name] for name in names], dtype=np.int64))),
+                               shape=(len(box_labels), len(classes))).tocsr()
+    counts.sum_duplicates()
+    return classes, counts
+
+
+def _detection_distributions(classes: list[str], counts, split: np.ndarray,
+                             split_names: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Boxes per class and split, and images containing each class per split (plus the
+    images without boxes); columns: the splits, then ``"excluded"``."""
+    from scipy import sparse
+
+    columns = [*split_names, EXCLUDED_COLUMN]
+    column_of = {name: index for index, name in enumerate(split_names)}
+    column = np.array([column_of.get(name, len(split_names)) for name in split], dtype=np.int64)
+    by_column = sparse.csr_matrix((np.ones(len(column), dtype=np.int64), (column, np.arange(len(column)))),
+                                  shape=(len(columns), len(column)))
+    boxes = np.asarray((by_column @ counts).todense(), dtype=np.int64).T
+    seen = np.asarray((by_column @ (counts > 0).astype(np.int64)).todense(), dtype=np.int64).T
+    without = np.bincount(column[np.asarray(counts.sum(axis=1)).ravel() == 0], minlength=len(columns))
+    distribution = pd.DataFrame(boxes.reshape(len(classes), len(columns)), columns=columns,
+                                index=pd.Index(classes, dtype=object, name="class"))
+    distribution.columns.name = "boxes"
+    image_distribution = pd.DataFrame(np.vstack([seen.reshape(len(classes), len(columns)), without[None, :]]),
+                                      columns=columns, index=pd.Index([*classes, NO_BOXES], dtype=object, name="class"))
+    image_distribution.columns.name = "images"
+    return distribution, image_distribution
 
 
 def _non_keepers(near_duplicate_group: np.ndarray, filepaths: np.ndarray, labels: np.ndarray) -> np.ndarray:

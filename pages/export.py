@@ -11,7 +11,8 @@ from curation.snapshots import list_snapshots
 from curation.paths import default_export_dir
 from curation.plots import split_distribution_bar
 from curation.relabel import export_annotation_task
-from curation.splits import BALANCE_MODES, DEFAULT_SPLIT_FIELD, SplitConfig, make_splits, write_splits
+from curation.splits import (BALANCE_MODES, DEFAULT_SPLIT_FIELD, SplitConfig, make_splits, split_label_fields,
+                             write_splits)
 from pages.common import USER_ERRORS, bump_data_version, errors_shown, markdown_text, open_page, show_error
 from pages.relabel_upload import apply_upload, preview_upload
 
@@ -35,6 +36,13 @@ splits_tab, export_tab, relabel_tab = st.tabs(["Splits", "Export a subset", "Rel
 with splits_tab:
     st.caption("Train/val/test, stratified by class. Every near-duplicate group, leak pair and group-field value "
                "lands in exactly one split. Samples decided *remove* get no split.")
+    split_labels = label_field
+    stratify_fields = split_label_fields(dataset)
+    if any(name != label_field for name in stratify_fields):
+        split_labels = st.selectbox("Stratify by", [label_field, *(n for n in stratify_fields if n != label_field)],
+                                    key="sp_labels", format_func=lambda name: name or "(no labels)",
+                                    help="a classification field, or a detections field: images are then split by "
+                                         "the classes of their boxes")
     ratio_cells = st.columns(5)
     train = ratio_cells[0].number_input("Train share", 0.0, 1.0, 0.8, 0.05, key="sp_train")
     val = ratio_cells[1].number_input("Val share", 0.0, 1.0, 0.1, 0.05, key="sp_val")
@@ -64,17 +72,22 @@ with splits_tab:
         config = None
     if st.button("Preview split", type="primary", key="sp_preview", disabled=config is None):
         with errors_shown():
-            st.session_state["split_preview"] = (dataset.name, config, make_splits(dataset, label_field, config))
+            st.session_state["split_preview"] = (dataset.name, config, make_splits(dataset, split_labels, config),
+                                                 split_labels)
     preview = st.session_state.get("split_preview")
-    if preview and preview[0] == dataset.name and preview[1] == config:
+    if preview and preview[0] == dataset.name and preview[1] == config and preview[3:] == (split_labels,):
         result = preview[2]
         counts = result.counts()
         st.markdown(" · ".join(f"**{name}** {count:,}" for name, count in counts.items())
-                    + f" · excluded {int(result.distribution['excluded'].sum()):,} · {result.n_groups:,} groups "
+                    + f" · excluded {result.excluded_count():,} · {result.n_groups:,} groups "
                     f"(largest {result.largest_group})")
         st.plotly_chart(split_distribution_bar(result.distribution, config.split_names), width="stretch",
                         key="sp_chart")
+        if result.image_distribution is not None:
+            st.caption("Counts are boxes per class; the images containing each class follow the table.")
         st.dataframe(result.distribution, width="stretch")
+        if result.image_distribution is not None:
+            st.dataframe(result.image_distribution, width="stretch")
         if result.class_weights:
             st.caption("Class weights (train): " + ", ".join(f"{k} {v:.3f}" for k, v in result.class_weights.items()))
         save = st.columns([2, 1, 2], vertical_alignment="bottom")

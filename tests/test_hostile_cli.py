@@ -114,7 +114,7 @@ HOSTILE = {
     "decide-split-field-missing": (["decide", "--dataset", "{ds}", "--decision", "keep", "--split-field", "nope"],
                                    "'nope' does not exist"),
     "split-label-field-not-classification": (["split", "--dataset", "{ds}", "--label-field", "filepath"],
-                                             "--label-field 'filepath' is not a classification field"),
+                                             "--label-field 'filepath' is not a classification or detections field"),
     "split-group-field-missing": (["split", "--dataset", "{ds}", "--group-field", "nope", "--dry-run"], "nope"),
     "export-label-field-not-classification": (["export", "--dataset", "{ds}", "--format", "csv", "--out", "{tmp}/e",
                                                "--label-field", "filepath"],
