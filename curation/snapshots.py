@@ -389,11 +389,24 @@ def _agreement_figures(dataset) -> dict:
 # Storing and listing
 
 
+_INDEXED: set[str] = set()  # databases whose snapshot indexes this process has ensured
+
+
+def _ensure_indexes(db) -> None:
+    """The unique indexes of the bucket, created once per database and process (each
+    ``create_index`` is a round trip, and every listing or write used to repeat it)."""
+    if db.name in _INDEXED:
+        return
+    db[f"{BUCKET}.files"].create_index([("metadata.dataset_id", 1), ("metadata.name", 1)], unique=True,
+                                       name="dataset_name_unique")
+    db[f"{BUCKET}.chunks"].create_index([("files_id", 1), ("n", 1)], unique=True)
+    _INDEXED.add(db.name)
+
+
 def _files():
-    collection = _db()[f"{BUCKET}.files"]
-    collection.create_index([("metadata.dataset_id", 1), ("metadata.name", 1)], unique=True,
-                            name="dataset_name_unique")
-    return collection
+    db = _db()
+    _ensure_indexes(db)
+    return db[f"{BUCKET}.files"]
 
 
 def _ref(doc: dict) -> SnapshotRef:
@@ -481,8 +494,8 @@ def _upload(file_id, filename: str, payload: bytes, metadata: dict) -> None:
                                      "it is a test hook, unset it")
     size = 1024 if pause else CHUNK_BYTES
     db = _db()
+    _ensure_indexes(db)
     chunks = db[f"{BUCKET}.chunks"]
-    chunks.create_index([("files_id", 1), ("n", 1)], unique=True)
     pieces = [{"files_id": file_id, "n": n, "data": Binary(payload[start:start + size])}
               for n, start in enumerate(range(0, max(len(payload), 1), size))]
     step = 1 if pause else 16
@@ -560,7 +573,6 @@ def create_snapshot(dataset, name: str | None = None, *, note: str = "", kind: s
         payload = _table_bytes(state, {**meta, "details": state.details})
         file_id = ObjectId()
         try:
-            _files()  # the unique index exists before the entry is inserted
             _upload(file_id, f"{dataset.name}/{chosen}.parquet", payload,
                     {**meta, "write_s": round(time.perf_counter() - started, 3)})
         except DuplicateKeyError:  # _upload removed the chunks
@@ -860,9 +872,7 @@ def restore_snapshot(dataset, name: str) -> RestoreResult:
     current = read_state(dataset)
     before = create_snapshot(dataset, kind="auto", reason=f"before restoring {ref.name}", state=current, dedupe=True)
     label_field = meta.get("label_field")
-    if label_field and not dataset.has_sample_field(label_field):
-        _ensure_fields(dataset, label_field)
-    _ensure_fields(dataset, label_field if label_field else None)
+    _ensure_fields(dataset, label_field or None)  # declares a label field deleted since the snapshot
     if label_field and label_field != current.label_field:
         current = read_state(dataset, label_field=label_field, with_quality=False)
     # Split fields made since the snapshot are cleared (the snapshot's state had none), and the
