@@ -242,13 +242,17 @@ def _demo_tree(folder: Path, per_class: int) -> int:
     return per_class * 10
 
 
-# The CLI in a child process, with the write interval shortened so that the test does not
-# depend on how fast this machine embeds (the default, WRITE_SECONDS, is a few seconds).
+# The CLI in a child process, with the write interval shortened and every batch held back a
+# little, so that the test depends on neither how fast this machine embeds (an idle machine
+# finished all 200 images before the kill could land) nor the default WRITE_SECONDS.
 _EMBED_CLI = (
-    "import sys; import curation.embeddings as embeddings; embeddings.WRITE_SECONDS = float(sys.argv[1]); "
-    "from curation.cli import main; sys.exit(main(sys.argv[2:]))"
+    "import sys, time; import curation.embeddings as embeddings; embeddings.WRITE_SECONDS = float(sys.argv[1]); "
+    "_encode = embeddings._encode_adaptive; "
+    "embeddings._encode_adaptive = lambda embedder, batch: (time.sleep(float(sys.argv[2])), _encode(embedder, batch))[1]; "
+    "from curation.cli import main; sys.exit(main(sys.argv[3:]))"
 )
 KILL_TEST_WRITE_SECONDS = 0.5
+KILL_TEST_BATCH_PAUSE = 0.2  # seconds added to each batch of 8: 25 batches take 5 s at least
 
 
 @pytest.mark.slow
@@ -258,7 +262,7 @@ def test_embed_killed_midway_keeps_what_it_computed_and_the_rerun_does_only_the_
     assert WRITE_SECONDS <= 10, "a kill must lose seconds of work at most"
     total = _demo_tree(tmp_path / "tree", per_class=20)
     import_dataset(tmp_path / "tree", fresh_name, format="classes")
-    command = [sys.executable, "-c", _EMBED_CLI, str(KILL_TEST_WRITE_SECONDS), "embed", "--dataset", fresh_name,
+    command = [sys.executable, "-c", _EMBED_CLI, str(KILL_TEST_WRITE_SECONDS), str(KILL_TEST_BATCH_PAUSE), "embed", "--dataset", fresh_name,
                "--model", OFFLINE_MODEL, "--workers", "0", "--batch-size", "8", "--device", "cpu"]
     process = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
