@@ -334,7 +334,8 @@ def cmd_doctor(args) -> int:
 
 
 # The kinds of label field a command accepts for --label-field (default: classification only).
-_LABEL_KINDS = {"export": ("Classification", "Detections"), "split": ("Classification", "Detections")}
+_LABEL_KINDS = {"export": ("Classification", "Detections"), "split": ("Classification", "Detections"),
+                "relabel-export": ("Classification", "Detections"), "relabel-import": ("Classification", "Detections")}
 
 
 def _label_field(dataset, args, *, may_create: bool = False) -> str | None:
@@ -579,7 +580,9 @@ def cmd_relabel_export(args) -> int:
     ids = None if spec == type(spec)() else build_view(dataset, label_field, spec).values("id")
     task = export_annotation_task(dataset, args.out, format=args.tool, label_field=label_field, sample_ids=ids,
                                   overwrite=args.overwrite)
-    print(f"wrote a {task.format} task with {task.n_samples} images and {len(task.classes)} classes to {task.out_dir}")
+    boxes = f", {task.n_boxes} boxes" if task.n_boxes else ""
+    print(f"wrote a {task.format} task with {task.n_samples} images{boxes} and {len(task.classes)} classes to "
+          f"{task.out_dir}")
     return 0
 
 
@@ -592,6 +595,8 @@ def cmd_relabel_import(args) -> int:
                                 dry_run=args.dry_run)
     for sample_id, old, new in result.changed:
         print(f"{sample_id}: {old} -> {new}")
+    for line in result.box_change_lines():
+        print(line)
     for problem in result.problems:
         print(f"problem: {problem}", file=sys.stderr)
     if result.n_problems > len(result.problems):  # the library lists the first few; the summary counts all

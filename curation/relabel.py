@@ -22,6 +22,13 @@ chosen ids) as a task each tool imports, with the current label pre-filled:
         mapping.json
         README.txt        how to let Label Studio serve images/ (local files)
 
+With a ``fo.Detections`` field the task carries each image's boxes instead (boxes decided
+"remove", see :mod:`curation.object_decisions`, are not sent): CVAT gets ``<box label xtl ytl
+xbr ybr>`` in pixels with the box's id in ``<attribute name="object_id">`` (declared on every
+label, so CVAT keeps it), Label Studio a ``RectangleLabels`` prediction per box in percent
+whose region ``id`` is the box's id, and ``label_config.xml`` holds ``<RectangleLabels>``.
+``mapping.json`` lists, per image, the boxes sent (id, class, relative box) and the size.
+
 The folder is built with :func:`curation.files.atomic_directory` (a hidden sibling renamed
 into place), so a reader sees the whole task or none of it. File names come from sample ids
 only; class names go into XML and JSON values only (escaped by the writers), so no class
@@ -37,6 +44,20 @@ sample (by the sample id in the image name or task data, else by file name throu
 ``mapping.json`` or the dataset's own file names) and record the result with
 :mod:`curation.decisions`: a changed label becomes a relabel (the original kept in
 ``previous_label``), an unchanged one a "keep".
+
+Boxes come back as object decisions (:func:`curation.object_decisions.apply_object_changes`),
+matched by their id: a changed class is a "relabel", a box moved or resized (IoU with its old
+place below :data:`MOVED_IOU`) is "moved" (the old box kept for undo), a box sent and missing
+from an image that came back is "remove", a box without a known id is a new box ("added"),
+an unchanged one is confirmed ("keep", unless it carries a decision already). Every one is
+undone by :func:`curation.object_decisions.undo_objects`. The boxes sent are read from
+``mapping.json``; without it (CVAT's own zip, an upload) they are the sample's boxes not
+decided "remove". A box outside the image, of negative or no size, rotated, malformed or of
+a class neither the field nor the task knows is a problem and its box is left as it is (never
+removed). A file in which no box carries the id of a box sent is refused: the boxes never
+reached the tool, and reading it would delete them all. Label Studio's JSON-MIN export has no
+region ids and cannot be used for boxes. Images sent to annotation whose boxes were all read
+are marked "keep" (reviewed).
 
 Validate first, then write. The whole file is read and every item checked (a class name
 that is a non-empty string XML can carry, one class per item, a sample of this dataset)
@@ -65,6 +86,7 @@ import io
 import json
 import logging
 import lzma
+import math
 import os
 import re
 import reprlib
@@ -96,6 +118,18 @@ DEFAULT_IMAGE_URL_PREFIX = "/data/local-files/?d=images/"
 LABEL_STUDIO_FROM_NAME = "label"
 LABEL_STUDIO_TO_NAME = "image"
 MODEL_VERSION = "curation"
+# What a label field holds: one class per image, or boxes.
+CLASSIFICATION = "classification"
+DETECTIONS = "detections"
+# CVAT carries each box's id in a text attribute of this name (declared on every label, so
+# CVAT keeps it through its own import and export); Label Studio in the region's "id".
+OBJECT_ID_ATTRIBUTE = "object_id"
+# A returned box overlapping its box in the dataset less than this (IoU) has been moved;
+# above it, the difference is taken for rounding (CVAT writes pixels with 2 decimals).
+MOVED_IOU = 0.95
+# A box may reach this far outside the image (a share of its side) and is clipped to it;
+# beyond that it is a problem. Tools snap boxes to the border, give or take rounding.
+EDGE_TOLERANCE = 0.005
 
 # The most bytes read from one annotation file or zip member. A CVAT tag is ~100 bytes per
 # image and a Label Studio task ~1-2 KB, so this holds hundreds of thousands of items;
@@ -135,6 +169,7 @@ class TaskExport:
         n_samples: images in the task.
         classes: the class list offered to annotators, sorted.
         files: every file written, as absolute paths inside ``out_dir``.
+        n_boxes: boxes sent, for a ``fo.Detections`` field (boxes decided "remove" are not).
     """
 
     out_dir: Path
@@ -142,6 +177,7 @@ class TaskExport:
     n_samples: int
     classes: list[str]
     files: list[Path]
+    n_boxes: int = 0
 
 
 @dataclass
@@ -161,6 +197,18 @@ class ImportResult:
             earlier run of this import. Left as they are, so a second run writes nothing.
         n_problems: every problem, listed or not.
         problem_kinds: problems per kind, e.g. ``{"unknown sample id": 909813}``.
+        kind: ``"classification"``, or ``"detections"`` for a box task; the ``boxes_*``
+            lists are filled for the latter only (and ``already_applied`` holds box ids).
+        boxes_relabelled: ``(sample_id, object_id, old_label, new_label)`` per box whose
+            class the annotator changed (moved or not).
+        boxes_moved: ``(sample_id, object_id, old_box, new_box)`` per box moved or resized
+            (overlapping its old place less than :data:`MOVED_IOU`); relative boxes.
+        boxes_removed: ``(sample_id, object_id, label)`` per box sent and not returned.
+        boxes_added: ``(sample_id, label, box)`` per box the annotator drew.
+        boxes_confirmed: ids of boxes returned as they were sent.
+        added_ids: the new boxes' ids, once written (empty on a dry run).
+        reviewed: samples marked "annotate" whose every returned box could be used: they
+            are marked "keep" (reviewed), which takes them out of the annotation queue.
     """
 
     changed: list[tuple[str, str | None, str]] = field(default_factory=list)
@@ -172,10 +220,50 @@ class ImportResult:
     already_applied: list[str] = field(default_factory=list)
     n_problems: int = 0
     problem_kinds: dict[str, int] = field(default_factory=dict)
+    kind: str = CLASSIFICATION
+    boxes_relabelled: list[tuple[str, str, str | None, str]] = field(default_factory=list)
+    boxes_moved: list[tuple[str, str, tuple, tuple]] = field(default_factory=list)
+    boxes_removed: list[tuple[str, str, str | None]] = field(default_factory=list)
+    boxes_added: list[tuple[str, str, tuple]] = field(default_factory=list)
+    boxes_confirmed: list[str] = field(default_factory=list)
+    added_ids: list[str] = field(default_factory=list)
+    reviewed: list[str] = field(default_factory=list)
+
+    @property
+    def has_changes(self) -> bool:
+        """Whether applying the file writes anything (a dry run's question)."""
+        return bool(self.changed or self.confirmed or self.boxes_relabelled or self.boxes_moved
+                    or self.boxes_removed or self.boxes_added or self.boxes_confirmed or self.reviewed)
+
+    def box_change_lines(self) -> list[str]:
+        """One line per box change, e.g. ``"<sample id> box <object id>: cat -> dog"``."""
+        def shown(box) -> str:
+            return "[" + ", ".join(f"{value:.3f}" for value in box) + "]"
+
+        lines = [f"{sample_id} box {object_id}: {old} -> {new}"
+                 for sample_id, object_id, old, new in self.boxes_relabelled]
+        lines += [f"{sample_id} box {object_id}: moved {shown(old)} -> {shown(new)}"
+                  for sample_id, object_id, old, new in self.boxes_moved]
+        lines += [f"{sample_id} box {object_id}: {label} removed" for sample_id, object_id, label in self.boxes_removed]
+        lines += [f"{sample_id}: new box {label} {shown(box)}" for sample_id, label, box in self.boxes_added]
+        return lines
+
+    def _box_summary(self) -> list[str]:
+        counts = (len(self.boxes_relabelled), len(self.boxes_moved), len(self.boxes_removed), len(self.boxes_added))
+        if self.dry_run:
+            first = "would relabel {} box(es), move {}, remove {}, add {}".format(*counts)
+        else:
+            first = "relabelled {} box(es), moved {}, removed {}, added {}".format(*counts)
+        parts = [first, f"confirmed {len(self.boxes_confirmed)}"]
+        if self.reviewed:
+            parts.append(f"{'would mark' if self.dry_run else 'marked'} {len(self.reviewed)} image(s) sent to "
+                         f"annotation reviewed")
+        return parts
 
     def summary(self) -> str:
         verb = "would change" if self.dry_run else "changed"
-        parts = [f"{verb} {len(self.changed)} label(s)", f"confirmed {len(self.confirmed)}"]
+        parts = (self._box_summary() if self.kind == DETECTIONS
+                 else [f"{verb} {len(self.changed)} label(s)", f"confirmed {len(self.confirmed)}"])
         if self.already_applied:
             parts.append(f"already applied {len(self.already_applied)}")
         if self.new_classes:
@@ -268,6 +356,13 @@ def _copy_image(source: Path, target: Path) -> None:
 
 
 @dataclass(frozen=True)
+class _TaskBox:
+    object_id: str
+    label: str
+    bounding_box: tuple[float, float, float, float]  # relative [x, y, width, height], FiftyOne's layout
+
+
+@dataclass(frozen=True)
 class _TaskItem:
     sample_id: str
     source: Path
@@ -275,6 +370,7 @@ class _TaskItem:
     label: str | None
     width: int
     height: int
+    boxes: tuple[_TaskBox, ...] = ()
 
 
 def _validate_format(format: str) -> None:
@@ -282,21 +378,26 @@ def _validate_format(format: str) -> None:
         raise CurationInputError(f"unknown annotation format {format!r}. Available: {', '.join(EXPORT_FORMATS)}")
 
 
-def _validate_label_field(dataset, label_field: str | None) -> None:
+def _validate_label_field(dataset, label_field: str | None) -> str:
+    """``"classification"`` or ``"detections"``: what ``label_field`` holds; raises otherwise."""
     import fiftyone as fo
 
     if not isinstance(label_field, str) or not label_field:
         raise CurationInputError(f"dataset {dataset.name!r} has no classification label field to relabel "
-                                 f"(got label_field={label_field!r}); expected a field of fo.Classification: "
-                                 f"pass its name (on the command line: --label-field)")
+                                 f"(got label_field={label_field!r}); expected a field of fo.Classification "
+                                 f"(or fo.Detections, for boxes): pass its name (on the command line: --label-field)")
     if not dataset.has_sample_field(label_field):
         raise CurationInputError(f"dataset {dataset.name!r} has no field {label_field!r}; "
-                         f"expected a field of fo.Classification")
+                                 f"expected a field of fo.Classification (or fo.Detections, for boxes)")
     field_ = dataset.get_field(label_field)
     document_type = getattr(field_, "document_type", None)
-    if document_type is not fo.Classification:
-        found = document_type.__name__ if document_type is not None else type(field_).__name__
-        raise CurationInputError(f"field {label_field!r} of dataset {dataset.name!r}: expected fo.Classification, got {found}")
+    if document_type is fo.Classification:
+        return CLASSIFICATION
+    if isinstance(document_type, type) and issubclass(document_type, fo.Detections):
+        return DETECTIONS
+    found = document_type.__name__ if document_type is not None else type(field_).__name__
+    raise CurationInputError(f"field {label_field!r} of dataset {dataset.name!r}: expected fo.Classification, got "
+                             f"{found} (fo.Detections works too, for boxes)")
 
 
 def _select_samples(dataset, sample_ids: list[str] | None) -> list[str]:
@@ -322,14 +423,31 @@ def _select_samples(dataset, sample_ids: list[str] | None) -> list[str]:
     return ids
 
 
-def _task_items(dataset, ids: list[str], label_field: str) -> list[_TaskItem]:
+def _sent_boxes(detections) -> tuple[_TaskBox, ...]:
+    """The boxes of one sample to send: all but those decided "remove" (see
+    :func:`curation.object_decisions.kept_boxes_view`) and those without a label or a box."""
+    boxes = []
+    for detection in (detections.detections if detections is not None else None) or []:
+        decision = detection.get_field("decision") if detection.has_field("decision") else None
+        if decision == "remove" or not detection.label or detection.bounding_box is None:
+            continue
+        boxes.append(_TaskBox(detection.id, detection.label, tuple(float(v) for v in detection.bounding_box)))
+    return tuple(boxes)
+
+
+def _task_items(dataset, ids: list[str], label_field: str, kind: str = CLASSIFICATION) -> list[_TaskItem]:
     from curation.images import image_info
 
     view = dataset.select(ids, ordered=True)
     filepaths = view.values("filepath")
-    labels = view.values(f"{label_field}.label")
+    if kind == DETECTIONS:
+        boxes = [_sent_boxes(detections) for detections in view.values(label_field)]
+        labels = [None] * len(ids)
+    else:
+        labels = view.values(f"{label_field}.label")
+        boxes = [()] * len(ids)
     items, missing, unreadable = [], [], []
-    for sample_id, filepath, label in zip(ids, filepaths, labels):
+    for sample_id, filepath, label, sample_boxes in zip(ids, filepaths, labels, boxes):
         source = Path(filepath)
         if not source.is_file():
             missing.append(f"{source} (sample {sample_id})")
@@ -338,7 +456,8 @@ def _task_items(dataset, ids: list[str], label_field: str) -> list[_TaskItem]:
         if size is None:
             unreadable.append(f"{source} (sample {sample_id})")
             continue
-        items.append(_TaskItem(sample_id, source, f"{sample_id}{_image_suffix(source)}", label, *size))
+        items.append(_TaskItem(sample_id, source, f"{sample_id}{_image_suffix(source)}", label, *size,
+                               boxes=sample_boxes))
     if missing:
         raise FileNotFoundError(f"cannot export for annotation: image file(s) missing: {'; '.join(missing[:5])}"
                                 + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
@@ -355,10 +474,16 @@ def _image_suffix(source: Path) -> str:
     return suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else ""
 
 
-def _task_classes(dataset, label_field: str, items: list[_TaskItem], classes: list[str] | None) -> list[str]:
+def _label_path(label_field: str, kind: str) -> str:
+    return f"{label_field}.detections.label" if kind == DETECTIONS else f"{label_field}.label"
+
+
+def _task_classes(dataset, label_field: str, items: list[_TaskItem], classes: list[str] | None,
+                  kind: str = CLASSIFICATION) -> list[str]:
     used = {item.label for item in items if item.label is not None}
+    used |= {box.label for item in items for box in item.boxes}
     if classes is None:
-        every = {label for label in dataset.distinct(f"{label_field}.label") if label is not None}
+        every = {label for label in dataset.distinct(_label_path(label_field, kind)) if label is not None}
         task_classes = sorted(every | used)
     else:
         chosen = [str(name).strip() for name in classes]
@@ -379,20 +504,52 @@ def _task_classes(dataset, label_field: str, items: list[_TaskItem], classes: li
     return task_classes
 
 
-def _write_mapping(folder: Path, dataset, label_field: str, format: str, items: list[_TaskItem]) -> Path:
+def _mapping_entry(item: _TaskItem, kind: str) -> dict:
+    entry = {"sample_id": item.sample_id, "filepath": str(item.source), "label": item.label}
+    if kind == DETECTIONS:
+        # The boxes as sent: a box the import does not get back for this image was deleted.
+        entry.update(width=item.width, height=item.height, boxes=[
+            {"object_id": box.object_id, "label": box.label, "bounding_box": list(box.bounding_box)}
+            for box in item.boxes])
+    return entry
+
+
+def _write_mapping(folder: Path, dataset, label_field: str, format: str, items: list[_TaskItem],
+                   kind: str = CLASSIFICATION, classes: list[str] | None = None) -> Path:
     path = folder / MAPPING_FILE
     path.write_text(json.dumps({
         "dataset": dataset.name,
         "label_field": label_field,
+        "kind": kind,
         "format": format,
         "exported_at": now_iso(),
-        "images": {item.image_name: {"sample_id": item.sample_id, "filepath": str(item.source), "label": item.label}
-                   for item in items},
+        "classes": list(classes or []),
+        "images": {item.image_name: _mapping_entry(item, kind) for item in items},
     }, indent=2), encoding="utf-8")
     return path
 
 
-def _cvat_annotations_xml(name: str, items: list[_TaskItem], classes: list[str]) -> ET.ElementTree:
+def _pixels(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def _corners_in_image(box: _TaskBox) -> tuple[float, float, float, float]:
+    """Relative (left, top, right, bottom), clipped to the image: tools keep boxes inside it."""
+    x, y, w, h = box.bounding_box
+    return (min(max(x, 0.0), 1.0), min(max(y, 0.0), 1.0), min(max(x + w, 0.0), 1.0), min(max(y + h, 0.0), 1.0))
+
+
+def _cvat_box(image: ET.Element, box: _TaskBox, width: int, height: int) -> None:
+    left, top, right, bottom = _corners_in_image(box)
+    left, top, right, bottom = left * width, top * height, right * width, bottom * height
+    element = ET.SubElement(image, "box", {"label": box.label, "source": "manual", "occluded": "0",
+                                           "xtl": _pixels(left), "ytl": _pixels(top), "xbr": _pixels(right),
+                                           "ybr": _pixels(bottom), "z_order": "0"})
+    ET.SubElement(element, "attribute", {"name": OBJECT_ID_ATTRIBUTE}).text = box.object_id
+
+
+def _cvat_annotations_xml(name: str, items: list[_TaskItem], classes: list[str],
+                          kind: str = CLASSIFICATION) -> ET.ElementTree:
     stamp = now_iso()
     root = ET.Element("annotations")
     ET.SubElement(root, "version").text = "1.1"
@@ -407,8 +564,15 @@ def _cvat_annotations_xml(name: str, items: list[_TaskItem], classes: list[str])
     for class_name in classes:
         label = ET.SubElement(labels, "label")
         ET.SubElement(label, "name").text = class_name
-        ET.SubElement(label, "type").text = "any"
-        ET.SubElement(label, "attributes")
+        ET.SubElement(label, "type").text = "rectangle" if kind == DETECTIONS else "any"
+        attributes = ET.SubElement(label, "attributes")
+        if kind == DETECTIONS:
+            # Declared, so that CVAT keeps the attribute on import; immutable, empty by default:
+            # a box an annotator draws has no id and comes back as a new box.
+            attribute = ET.SubElement(attributes, "attribute")
+            for tag, text in (("name", OBJECT_ID_ATTRIBUTE), ("mutable", "False"), ("input_type", "text"),
+                              ("default_value", ""), ("values", "")):
+                ET.SubElement(attribute, tag).text = text
     segment = ET.SubElement(ET.SubElement(task, "segments"), "segment")
     for tag, text in (("id", "0"), ("start", "0"), ("stop", str(max(len(items) - 1, 0))), ("url", "")):
         ET.SubElement(segment, tag).text = text
@@ -421,14 +585,17 @@ def _cvat_annotations_xml(name: str, items: list[_TaskItem], classes: list[str])
                                               "width": str(item.width), "height": str(item.height)})
         if item.label is not None:
             ET.SubElement(image, "tag", {"label": item.label, "source": "manual"})
+        for box in item.boxes:
+            _cvat_box(image, box, item.width, item.height)
     tree = ET.ElementTree(root)
     ET.indent(tree, space="  ")
     return tree
 
 
-def _write_cvat(folder: Path, dataset, items: list[_TaskItem], classes: list[str]) -> list[Path]:
+def _write_cvat(folder: Path, dataset, items: list[_TaskItem], classes: list[str],
+                kind: str = CLASSIFICATION) -> list[Path]:
     xml_path = folder / "annotations.xml"
-    _cvat_annotations_xml(dataset.name, items, classes).write(xml_path, encoding="utf-8", xml_declaration=True)
+    _cvat_annotations_xml(dataset.name, items, classes, kind).write(xml_path, encoding="utf-8", xml_declaration=True)
     zip_path = folder / "task.zip"
     # Images are already compressed; storing them keeps the zip fast to write.
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -437,7 +604,10 @@ def _write_cvat(folder: Path, dataset, items: list[_TaskItem], classes: list[str
             archive.write(folder / IMAGES_DIR / item.image_name, f"{IMAGES_DIR}/{item.image_name}",
                           compress_type=zipfile.ZIP_STORED)
     readme = folder / "README.txt"
-    readme.write_text(_CVAT_README.format(n=len(items), classes=", ".join(classes)), encoding="utf-8")
+    template = _CVAT_BOXES_README if kind == DETECTIONS else _CVAT_README
+    n_boxes = sum(len(item.boxes) for item in items)
+    readme.write_text(template.format(n=len(items), classes=", ".join(classes), n_boxes=n_boxes,
+                                      attribute=OBJECT_ID_ATTRIBUTE), encoding="utf-8")
     return [xml_path, zip_path, readme]
 
 
@@ -458,9 +628,36 @@ curation.relabel.import_annotations. Image names are <sample id>.<ext>; keep the
 """
 
 
-def _label_config_xml(classes: list[str]) -> str:
+_CVAT_BOXES_README = """\
+Box relabelling task for CVAT ("CVAT for images 1.1"), {n} images with {n_boxes} boxes.
+
+Either
+  * Projects > + > create a project with these labels: {classes}
+    each with a text attribute "{attribute}" (immutable, empty by default);
+    then on the project: Actions > Import dataset, format "CVAT 1.1", file task.zip
+or
+  * Tasks > + > create a task with the labels above (and their "{attribute}" attribute),
+    upload the files in images/, then Actions > Upload annotations, format "CVAT 1.1",
+    file annotations.xml (or task.zip).
+
+Every box carries the id of its box in the dataset in the attribute "{attribute}"; leave it as
+it is. Fix a box's class or its corners, delete a box that is wrong, draw a box that is missing
+(it needs no id). Afterwards: Actions > Export task dataset (or Export annotations), format
+"CVAT for images 1.1", and import the downloaded zip or its annotations.xml with
+curation.relabel.import_annotations. Image names are <sample id>.<ext>; keep them.
+"""
+
+
+def _label_config_xml(classes: list[str], kind: str = CLASSIFICATION) -> str:
     view = ET.Element("View")
     ET.SubElement(view, "Image", {"name": LABEL_STUDIO_TO_NAME, "value": "$image"})
+    if kind == DETECTIONS:
+        rectangles = ET.SubElement(view, "RectangleLabels", {"name": LABEL_STUDIO_FROM_NAME,
+                                                             "toName": LABEL_STUDIO_TO_NAME})
+        for class_name in classes:
+            ET.SubElement(rectangles, "Label", {"value": class_name})
+        ET.indent(view, space="  ")
+        return ET.tostring(view, encoding="unicode") + "\n"
     choices = ET.SubElement(view, "Choices", {"name": LABEL_STUDIO_FROM_NAME, "toName": LABEL_STUDIO_TO_NAME,
                                               "choice": "single-radio", "showInline": "true"})
     for class_name in classes:
@@ -469,12 +666,26 @@ def _label_config_xml(classes: list[str]) -> str:
     return ET.tostring(view, encoding="unicode") + "\n"
 
 
+def _labelstudio_region(box: _TaskBox, item: _TaskItem) -> dict:
+    """One box as a Label Studio region: percent of the image, top-left corner; ``id`` is the
+    box's id in the dataset, which Label Studio keeps when an annotator accepts the prediction."""
+    left, top, right, bottom = _corners_in_image(box)
+    x, y, w, h = left, top, right - left, bottom - top
+    return {"id": box.object_id, "from_name": LABEL_STUDIO_FROM_NAME, "to_name": LABEL_STUDIO_TO_NAME,
+            "type": "rectanglelabels", "original_width": item.width, "original_height": item.height,
+            "image_rotation": 0, "value": {"x": x * 100, "y": y * 100, "width": w * 100, "height": h * 100,
+                                            "rotation": 0, "rectanglelabels": [box.label]}}
+
+
 def _write_labelstudio(folder: Path, final_dir: Path, items: list[_TaskItem], classes: list[str],
-                       image_url_prefix: str) -> list[Path]:
+                       image_url_prefix: str, kind: str = CLASSIFICATION) -> list[Path]:
     tasks = []
     for item in items:
         task = {"data": {"image": f"{image_url_prefix}{item.image_name}", "sample_id": item.sample_id}}
-        if item.label is not None:
+        if kind == DETECTIONS:
+            task["predictions"] = [{"model_version": MODEL_VERSION,
+                                    "result": [_labelstudio_region(box, item) for box in item.boxes]}]
+        elif item.label is not None:
             task["predictions"] = [{"model_version": MODEL_VERSION, "result": [{
                 "from_name": LABEL_STUDIO_FROM_NAME, "to_name": LABEL_STUDIO_TO_NAME, "type": "choices",
                 "value": {"choices": [item.label]}}]}]
@@ -484,10 +695,11 @@ def _write_labelstudio(folder: Path, final_dir: Path, items: list[_TaskItem], cl
     tasks_path = folder / "tasks.json"
     tasks_path.write_text(json.dumps(tasks, indent=2, ensure_ascii=False), encoding="utf-8")
     config_path = folder / "label_config.xml"
-    config_path.write_text(_label_config_xml(classes), encoding="utf-8")
+    config_path.write_text(_label_config_xml(classes, kind), encoding="utf-8")
     readme = folder / "README.txt"
     readme.write_text(_LABEL_STUDIO_README.format(n=len(items), out_dir=final_dir.resolve(),
-                                                  prefix=image_url_prefix), encoding="utf-8")
+                                                  prefix=image_url_prefix)
+                      + (_LABEL_STUDIO_BOXES_NOTE if kind == DETECTIONS else ""), encoding="utf-8")
     return [tasks_path, config_path, readme]
 
 
@@ -510,6 +722,14 @@ Any other URL prefix works too (pass image_url_prefix), e.g. a web server servin
 
 Afterwards: Export > JSON (or JSON-MIN), and import the file with
 curation.relabel.import_annotations. Tasks keep their sample id in data.sample_id.
+"""
+
+
+_LABEL_STUDIO_BOXES_NOTE = """
+Boxes: each task shows the image's boxes as a prediction (RectangleLabels); start the
+annotation from it, so that every box keeps its id (the region id is the box's id in the
+dataset). Fix a class or move a corner, delete a wrong box, draw a missing one. Export as
+JSON, not JSON-MIN: JSON-MIN leaves the region ids out, and boxes cannot be matched without.
 """
 
 
@@ -536,7 +756,8 @@ def export_annotation_task(
         dataset: the FiftyOne dataset.
         out_dir: the folder to create.
         format: ``"cvat"`` (CVAT for images 1.1) or ``"labelstudio"``.
-        label_field: the ``fo.Classification`` field holding the labels.
+        label_field: the ``fo.Classification`` field holding the labels, or a ``fo.Detections``
+            field: then each image's boxes are sent (all but those decided "remove").
         sample_ids: the samples to export; None exports those with ``decision == "annotate"``.
         classes: the classes annotators may choose; None offers every label of the dataset.
             Must include the current labels of the exported samples.
@@ -548,36 +769,38 @@ def export_annotation_task(
         A :class:`TaskExport`.
 
     Raises:
-        CurationInputError: (a ValueError) unknown format, no or a non-classification label
-            field, unknown sample ids, no sample marked for annotation, classes missing a
+        CurationInputError: (a ValueError) unknown format, no label field or one that is
+            neither classification nor detections, unknown sample ids, no sample marked for
+            annotation, classes missing a
             current label, or a class name with a control character XML cannot carry.
         FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
         FileNotFoundError: a sample's image file is missing.
     """
     _validate_format(format)
-    _validate_label_field(dataset, label_field)
+    kind = _validate_label_field(dataset, label_field)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass overwrite=True to replace it")
     ids = _select_samples(dataset, sample_ids)
-    items = _task_items(dataset, ids, label_field)
-    task_classes = _task_classes(dataset, label_field, items, classes)
+    items = _task_items(dataset, ids, label_field, kind)
+    task_classes = _task_classes(dataset, label_field, items, classes, kind)
 
     # 0o755: the images must stay readable to a Label Studio running as another user.
     with atomic_directory(out_dir, overwrite=overwrite, mode=0o755) as staging:
         (staging / IMAGES_DIR).mkdir()
         for item in items:
             _copy_image(item.source, staging / IMAGES_DIR / item.image_name)
-        written = [_write_mapping(staging, dataset, label_field, format, items)]
+        written = [_write_mapping(staging, dataset, label_field, format, items, kind, task_classes)]
         if format == "cvat":
-            written += _write_cvat(staging, dataset, items, task_classes)
+            written += _write_cvat(staging, dataset, items, task_classes, kind)
         else:
-            written += _write_labelstudio(staging, out_dir, items, task_classes, image_url_prefix)
+            written += _write_labelstudio(staging, out_dir, items, task_classes, image_url_prefix, kind)
         written += [staging / IMAGES_DIR / item.image_name for item in items]
         relative = [path.relative_to(staging) for path in written]
     files = sorted(out_dir / path for path in relative)
     logger.info("exported %d samples for %s to %s", len(items), TOOL_NAMES[format], out_dir)
-    return TaskExport(out_dir=out_dir, format=format, n_samples=len(items), classes=task_classes, files=files)
+    return TaskExport(out_dir=out_dir, format=format, n_samples=len(items), classes=task_classes, files=files,
+                      n_boxes=sum(len(item.boxes) for item in items))
 
 
 
@@ -675,6 +898,8 @@ class _Source:
     content: bytes
     mapping: dict[str, str]  # image name -> sample id, from a mapping.json beside or inside
     mapping_problem: str | None = None
+    sent_boxes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # sample id -> object ids sent (boxes)
+    task_classes: tuple[str, ...] = ()  # the classes the task offered (mapping.json "classes")
 
 
 def _too_large(label: str, size: int, *, member: str | None = None) -> AnnotationFileError:
@@ -715,28 +940,48 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) ->
     return content
 
 
-def _parse_mapping(content: bytes, label: str) -> tuple[dict[str, str], str | None]:
-    """(image name -> sample id, None), or ({}, why the mapping is ignored)."""
+_NO_MAPPING: tuple = ({}, None, {}, ())
+
+
+def _sent_box_ids(entry: dict) -> tuple[str, ...] | None:
+    """The object ids a mapping entry lists under "boxes" (), or None when they are malformed."""
+    boxes = entry.get("boxes", [])
+    if not isinstance(boxes, list) or not all(isinstance(box, dict) and isinstance(box.get("object_id"), str)
+                                              for box in boxes):
+        return None
+    return tuple(box["object_id"] for box in boxes)
+
+
+def _parse_mapping(content: bytes, label: str) -> tuple[dict[str, str], str | None, dict[str, tuple[str, ...]],
+                                                         tuple[str, ...]]:
+    """(image name -> sample id, None, sample id -> object ids sent, the task's classes), or
+    ({}, why the mapping is ignored, {}, ())."""
     ignored = "; matching by sample id and file name only"
     try:
         data = json.loads(content.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        return {}, f"{label}: ignored: not readable JSON ({_short_text(str(error), 200)}){ignored}"
+        return {}, f"{label}: ignored: not readable JSON ({_short_text(str(error), 200)}){ignored}", {}, ()
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, dict) or not all(isinstance(entry, dict) and isinstance(entry.get("sample_id"), str)
                                                for entry in images.values()):
-        return {}, f'{label}: ignored: expected {{"images": {{image name: {{"sample_id": ...}}}}}}{ignored}'
-    return {name: entry["sample_id"] for name, entry in images.items()}, None
+        return {}, f'{label}: ignored: expected {{"images": {{image name: {{"sample_id": ...}}}}}}{ignored}', {}, ()
+    if not all(_sent_box_ids(entry) is not None for entry in images.values()):
+        return ({}, f'{label}: ignored: expected "boxes" of an image to be a list of {{"object_id": ...}}{ignored}',
+                {}, ())
+    sent = {entry["sample_id"]: _sent_box_ids(entry) for entry in images.values() if "boxes" in entry}
+    classes = data.get("classes")
+    classes = tuple(name for name in classes if isinstance(name, str)) if isinstance(classes, list) else ()
+    return {name: entry["sample_id"] for name, entry in images.items()}, None, sent, classes
 
 
-def _mapping_beside(folder: Path) -> tuple[dict[str, str], str | None]:
+def _mapping_beside(folder: Path) -> tuple:
     path = folder / MAPPING_FILE
     if not path.is_file():
-        return {}, None
+        return _NO_MAPPING
     try:
         return _parse_mapping(_read_file(path, str(path)), str(path))
     except AnnotationFileError as error:
-        return {}, f"{error}; ignored"
+        return {}, f"{error}; ignored", {}, ()
 
 
 def _is_zip(head: bytes, stream) -> bool:
@@ -762,14 +1007,14 @@ def _source_from_zip(archive: zipfile.ZipFile, name: str, file_name: str, folder
     if inside:
         mapping_label = f"{name} ({_short_text(inside[0].filename, 200)})"
         try:
-            mapping, mapping_problem = _parse_mapping(_read_member(archive, inside[0], mapping_label), mapping_label)
+            found = _parse_mapping(_read_member(archive, inside[0], mapping_label), mapping_label)
         except AnnotationFileError as error:
-            mapping, mapping_problem = {}, f"{error}; ignored"
+            found = ({}, f"{error}; ignored", {}, ())
     elif folder is not None:
-        mapping, mapping_problem = _mapping_beside(folder)
+        found = _mapping_beside(folder)
     else:
-        mapping, mapping_problem = {}, None
-    return _Source(label, file_name, content, mapping, mapping_problem)
+        found = _NO_MAPPING
+    return _Source(label, file_name, content, *found)
 
 
 def _open_zip(stream, name: str) -> zipfile.ZipFile:
@@ -838,15 +1083,21 @@ def _detect_format(label: str, content: bytes) -> str:
 # ---- CVAT
 
 
+_CVAT_BOX_ATTRIBUTES = ("label", "xtl", "ytl", "xbr", "ybr", "rotation")
+
+
 class _CvatImage:
-    __slots__ = ("id", "name", "labels", "n_tags", "others")
+    __slots__ = ("id", "name", "labels", "n_tags", "others", "width", "height", "boxes")
 
     def __init__(self, attributes: dict[str, str]):
         self.id = attributes.get("id", "?")
         self.name = attributes.get("name")
+        self.width = attributes.get("width")
+        self.height = attributes.get("height")
         self.labels: dict[str | None, None] = {}  # distinct tag labels, in order
         self.n_tags = 0
         self.others: set[str] = set()  # other child elements (<box>, <polygon>, ...)
+        self.boxes: list[dict[str, str | None]] = []  # when reading boxes: the attributes used, and "object_id"
 
 
 class _CvatStream:
@@ -858,14 +1109,17 @@ class _CvatStream:
 
     _USER_PATHS = {("meta", kind, who, "username") for kind in ("job", "task", "project") for who in ("assignee", "owner")}
 
-    def __init__(self, label: str):
+    def __init__(self, label: str, *, boxes: bool = False):
         self.label = label
+        self.read_boxes = boxes
         self.path: list[str] = []
         self.images: list[_CvatImage] = []
         self.current: _CvatImage | None = None
+        self.box: dict[str, str | None] | None = None
         self.n_tracks = 0
         self.users: dict[tuple[str, str], str] = {}
         self.text: list[str] | None = None
+        self.box_text: list[str] | None = None
 
     def parse(self, content: bytes) -> None:
         parser = expat.ParserCreate()
@@ -907,8 +1161,15 @@ class _CvatStream:
             if name == "tag":
                 self.current.labels.setdefault(attributes.get("label"))
                 self.current.n_tags += 1
+            elif name == "box" and self.read_boxes:
+                self.box = {key: attributes.get(key) for key in _CVAT_BOX_ATTRIBUTES}
+                self.box[OBJECT_ID_ATTRIBUTE] = None
+                self.current.boxes.append(self.box)
             elif len(self.current.others) < 20:
                 self.current.others.add(name)
+        elif depth == 4 and self.box is not None and name == "attribute" \
+                and attributes.get("name") == OBJECT_ID_ATTRIBUTE:
+            self.box_text = []
         elif depth == 5 and tuple(self.path[1:]) + (name,) in self._USER_PATHS:
             self.text = []
         self.path.append(name)
@@ -919,6 +1180,12 @@ class _CvatStream:
         if depth == 2 and name == "image" and self.current is not None:
             self.images.append(self.current)
             self.current = None
+        elif depth == 3 and name == "box":
+            self.box = None
+        elif depth == 4 and self.box_text is not None:
+            if self.box is not None and self.box[OBJECT_ID_ATTRIBUTE] is None:
+                self.box[OBJECT_ID_ATTRIBUTE] = "".join(self.box_text).strip()
+            self.box_text = None
         elif depth == 5 and self.text is not None:
             self.users.setdefault((self.path[2], self.path[3]), "".join(self.text).strip())
             self.text = None
@@ -926,6 +1193,8 @@ class _CvatStream:
     def _data(self, text: str) -> None:
         if self.text is not None and sum(map(len, self.text)) < 1000:
             self.text.append(text)
+        elif self.box_text is not None and sum(map(len, self.box_text)) < 1000:
+            self.box_text.append(text)
 
     def user(self) -> str | None:
         """The annotator CVAT names in <meta>: the job's or task's assignee, else its owner."""
@@ -936,12 +1205,18 @@ class _CvatStream:
         return None
 
 
-def _read_cvat(label: str, content: bytes, problems: _Problems) -> list[_Annotation]:
-    stream = _CvatStream(label)
+def _parse_cvat(label: str, content: bytes, *, boxes: bool = False) -> _CvatStream:
+    """Stream-parse a CVAT for images file; a video export (tracks only) is refused."""
+    stream = _CvatStream(label, boxes=boxes)
     stream.parse(content)
     if not stream.images and stream.n_tracks:
         raise AnnotationFileError(f"{label}: this is a 'CVAT for video' export (tracks); export the task as "
                                   f"'CVAT for images 1.1' instead")
+    return stream
+
+
+def _read_cvat(label: str, content: bytes, problems: _Problems) -> list[_Annotation]:
+    stream = _parse_cvat(label, content)
     user = stream.user()
     annotations = []
     for image in stream.images:
@@ -1050,7 +1325,7 @@ def _label_studio_item(task, index: int) -> str:
     return f"item {index}"
 
 
-def _read_labelstudio(label: str, content: bytes, problems: _Problems) -> list[_Annotation]:
+def _load_labelstudio_tasks(label: str, content: bytes) -> list:
     try:
         tasks = json.loads(content.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -1065,6 +1340,11 @@ def _read_labelstudio(label: str, content: bytes, problems: _Problems) -> list[_
     if not isinstance(tasks, list):
         raise AnnotationFileError(f"{label}: expected a Label Studio JSON export (a list of tasks), "
                                   f"got a JSON {_json_type(tasks)}")
+    return tasks
+
+
+def _read_labelstudio(label: str, content: bytes, problems: _Problems) -> list[_Annotation]:
+    tasks = _load_labelstudio_tasks(label, content)
     annotations = []
     for index, task in enumerate(tasks):
         item = _label_studio_item(task, index)
@@ -1082,6 +1362,24 @@ def _read_labelstudio(label: str, content: bytes, problems: _Problems) -> list[_
     return annotations
 
 
+def _latest_annotation(task: dict) -> tuple[dict | None, tuple[str, str] | None]:
+    """(the latest annotation that was not cancelled, None) or (None, (kind of problem, why not))."""
+    entries = task.get("annotations") or []
+    if not isinstance(entries, list):
+        return None, ("malformed task", f"expected 'annotations' to be a list, got a JSON {_json_type(entries)}")
+    usable = [entry for entry in entries if isinstance(entry, dict) and not entry.get("was_cancelled")]
+    if not usable:
+        return None, ("no label", ("no label given (every annotation was cancelled/skipped)" if entries
+                                   else "no label given (not annotated)"))
+    latest = max(enumerate(usable), key=lambda pair: (_parse_time(pair[1].get("updated_at") or pair[1].get("created_at")),
+                                                      pair[0]))[1]
+    results = latest.get("result") or []
+    if not isinstance(results, list):
+        return None, ("malformed task", f"expected the annotation's 'result' to be a list, got a JSON "
+                                        f"{_json_type(results)}")
+    return latest, None
+
+
 def _labelstudio_full_task(task: dict) -> dict | tuple[str, str]:
     """The fields of an _Annotation, or (kind of problem, why not)."""
     data = task.get("data") if isinstance(task.get("data"), dict) else {}
@@ -1089,18 +1387,10 @@ def _labelstudio_full_task(task: dict) -> dict | tuple[str, str]:
     if problem:
         return problem
     where = {"sample_id": sample_id, "image_name": _image_of(data)}
-    entries = task.get("annotations") or []
-    if not isinstance(entries, list):
-        return "malformed task", f"expected 'annotations' to be a list, got a JSON {_json_type(entries)}"
-    usable = [entry for entry in entries if isinstance(entry, dict) and not entry.get("was_cancelled")]
-    if not usable:
-        return "no label", ("no label given (every annotation was cancelled/skipped)" if entries
-                            else "no label given (not annotated)")
-    latest = max(enumerate(usable), key=lambda pair: (_parse_time(pair[1].get("updated_at") or pair[1].get("created_at")),
-                                                      pair[0]))[1]
+    latest, problem = _latest_annotation(task)
+    if problem:
+        return problem
     results = latest.get("result") or []
-    if not isinstance(results, list):
-        return "malformed task", f"expected the annotation's 'result' to be a list, got a JSON {_json_type(results)}"
     choice_results = [result for result in results if isinstance(result, dict) and result.get("type") == "choices"]
     named = [result for result in choice_results if result.get("from_name") == LABEL_STUDIO_FROM_NAME]
     chosen = named or choice_results
@@ -1126,6 +1416,388 @@ def _labelstudio_min_task(task: dict) -> dict | tuple[str, str]:
     return "no label", "no label given (expected a 'label' or 'choice' key, or 'annotations')"
 
 
+# ---- boxes (a fo.Detections field)
+
+
+@dataclass(frozen=True)
+class _ReturnedBox:
+    """One box of a returned image, checked: a class name and a box inside the image."""
+
+    item: str  # how problems name it, e.g. "<image id=0 name=...> box 2 (object_id ...)"
+    object_id: str | None  # None: drawn by the annotator
+    label: str
+    bounding_box: tuple[float, float, float, float]  # relative [x, y, width, height], clipped to the image
+
+
+@dataclass(frozen=True)
+class _BoxAnnotation:
+    """One returned image of a box task: its boxes, and the ids of boxes that could not be used."""
+
+    item: str
+    sample_id: str | None
+    image_name: str | None
+    boxes: tuple[_ReturnedBox, ...]
+    held: frozenset[str]  # object ids of unusable boxes: their boxes are left as they are, never removed
+    user: str | None = None
+    n_unusable: int = 0  # boxes of this image that could not be used (each one a problem)
+
+
+def _checked_box(x: float, y: float, width: float, height: float, shown: str) -> tuple[tuple | None, tuple | None]:
+    """(the box clipped to the image, None) or (None, (kind of problem, why not)); all relative."""
+    if not all(math.isfinite(value) for value in (x, y, width, height)):
+        return None, ("malformed box", f"expected finite coordinates, got {shown}")
+    if width < 0 or height < 0:
+        return None, ("negative box size", f"the box has a negative width or height ({shown})")
+    if width == 0 or height == 0:
+        return None, ("empty box", f"the box has no area ({shown})")
+    if x < -EDGE_TOLERANCE or y < -EDGE_TOLERANCE or x + width > 1 + EDGE_TOLERANCE or y + height > 1 + EDGE_TOLERANCE:
+        return None, ("box outside the image", f"the box reaches outside the image ({shown})")
+    left, top = max(x, 0.0), max(y, 0.0)
+    right, bottom = min(x + width, 1.0), min(y + height, 1.0)
+    if right <= left or bottom <= top:
+        return None, ("empty box", f"the box has no area inside the image ({shown})")
+    return (left, top, right - left, bottom - top), None
+
+
+def _number(value) -> float | None:
+    """A finite-or-not float from an XML attribute or a JSON number; None if it is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and len(value) <= 100:
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _box_item(item: str, index: int, what: str, object_id: str | None) -> str:
+    return f"{item} {what} {index}" + (f" ({OBJECT_ID_ATTRIBUTE} {_short_text(object_id, 40)})" if object_id else "")
+
+
+def _read_cvat_boxes(label: str, content: bytes, problems: _Problems) -> list[_BoxAnnotation]:
+    stream = _parse_cvat(label, content, boxes=True)
+    user = stream.user()
+    annotations = []
+    for image in stream.images:
+        item = f"<image id={_short_text(image.id, 40)} name={_shown(image.name)}>"
+        if not image.name:
+            problems.add(item, "no image name", "expected a name attribute, found none")
+            continue
+        width, height = _number(image.width), _number(image.height)
+        if width is None or height is None or not (math.isfinite(width) and math.isfinite(height)) \
+                or width <= 0 or height <= 0:
+            problems.add(item, "no image size", f"expected positive width and height attributes in pixels, got "
+                                                f"width={_shown(image.width)} height={_shown(image.height)}; its "
+                                                f"boxes are left as they are")
+            continue
+        if image.others:
+            shapes = ", ".join("<" + _short_text(tag, 40) + ">" for tag in sorted(image.others))
+            problems.add(item, "not a box", f"found {shapes}; only <box> is read for boxes, the rest is ignored")
+        boxes, held = [], set()
+        for index, raw in enumerate(image.boxes):
+            object_id = raw[OBJECT_ID_ATTRIBUTE] or None
+            box_item = _box_item(item, index, "box", object_id)
+            found, problem = _cvat_box_of(raw, width, height)
+            if problem:
+                problems.add(box_item, *problem)
+                if object_id:
+                    held.add(object_id)
+                continue
+            boxes.append(_ReturnedBox(box_item, object_id, *found))
+        # A shape that is not a box counts as unusable too: the image is not fully read.
+        annotations.append(_BoxAnnotation(item, None, image.name, tuple(boxes), frozenset(held), user,
+                                          len(image.boxes) - len(boxes) + len(image.others)))
+    return annotations
+
+
+def _cvat_box_of(raw: dict, width: float, height: float) -> tuple[tuple | None, tuple | None]:
+    """((class, relative box), None) or (None, (kind of problem, why not)) for one <box>."""
+    if raw["label"] is None:
+        return None, ("no label", 'expected <box label="...">, got a box without one')
+    name, why = _check_class_name(raw["label"])
+    if why:
+        return None, ("not a class name", why)
+    corners = [_number(raw[key]) for key in ("xtl", "ytl", "xbr", "ybr")]
+    shown = " ".join(f"{key}={_shown(raw[key])}" for key in ("xtl", "ytl", "xbr", "ybr"))
+    if any(value is None for value in corners):
+        return None, ("malformed box", f"expected numbers for xtl, ytl, xbr, ybr (pixels), got {shown}")
+    rotation = _number(raw["rotation"]) if raw["rotation"] is not None else 0.0
+    if _is_rotated(rotation):
+        return None, ("rotated box", f"the box is rotated ({_shown(raw['rotation'])} degrees); only upright boxes can "
+                                     f"be stored")
+    left, top, right, bottom = corners
+    box, problem = _checked_box(left / width, top / height, (right - left) / width, (bottom - top) / height,
+                                f"{shown} in an image of {width:g} x {height:g} pixels")
+    return (None, problem) if problem else ((name, box), None)
+
+
+def _read_labelstudio_boxes(label: str, content: bytes, problems: _Problems) -> list[_BoxAnnotation]:
+    annotations = []
+    for index, task in enumerate(_load_labelstudio_tasks(label, content)):
+        item = _label_studio_item(task, index)
+        if not isinstance(task, dict):
+            problems.add(item, "not a task", f"expected a task object, got a JSON {_json_type(task)}")
+            continue
+        if "annotations" not in task and "data" not in task:
+            problems.add(item, "no box ids", "this is Label Studio's JSON-MIN export, which leaves the region ids out, "
+                                             "so its boxes cannot be matched to the dataset's; export as JSON instead")
+            continue
+        found = _labelstudio_task_boxes(task, item, problems)
+        if isinstance(found, tuple):
+            problems.add(item, *found)
+        else:
+            annotations.append(found)
+    return annotations
+
+
+def _labelstudio_task_boxes(task: dict, item: str, problems: _Problems) -> _BoxAnnotation | tuple[str, str]:
+    data = task.get("data") if isinstance(task.get("data"), dict) else {}
+    sample_id, problem = _sample_id_of(data, "data.sample_id")
+    if problem:
+        return problem
+    latest, problem = _latest_annotation(task)
+    if problem:
+        return problem
+    boxes, held, n_unusable = [], set(), 0
+    for index, result in enumerate(latest.get("result") or []):
+        if not isinstance(result, dict) or result.get("type") != "rectanglelabels":
+            continue
+        region_id = result.get("id")
+        object_id = region_id if isinstance(region_id, str) and region_id else None
+        box_item = _box_item(item, index, "region", object_id)
+        found, problem = _labelstudio_box_of(result.get("value"))
+        if problem:
+            problems.add(box_item, *problem)
+            n_unusable += 1
+            if object_id:
+                held.add(object_id)
+            continue
+        boxes.append(_ReturnedBox(box_item, object_id, *found))
+    return _BoxAnnotation(item, sample_id, _image_of(data), tuple(boxes), frozenset(held),
+                          _labelstudio_user(latest.get("completed_by")), n_unusable)
+
+
+def _labelstudio_box_of(value) -> tuple[tuple | None, tuple | None]:
+    """((class, relative box), None) or (None, (kind of problem, why not)) for one region's value."""
+    if not isinstance(value, dict):
+        return None, ("malformed box", f"expected the region's 'value' to be an object, got {_json_value(value)}")
+    name, problem = _chosen_label(value.get("rectanglelabels"), "value.rectanglelabels")
+    if problem:
+        return None, problem
+    numbers = {key: _number(value.get(key)) if not isinstance(value.get(key), str) else None
+               for key in ("x", "y", "width", "height")}
+    shown = ", ".join(f"{key}={_shown(value.get(key))}" for key in numbers) + " (percent)"
+    if any(number is None for number in numbers.values()):
+        return None, ("malformed box", f"expected numbers for x, y, width, height, got {shown}")
+    rotation = value.get("rotation", 0)
+    rotation = 0.0 if rotation is None else _number(rotation) if not isinstance(rotation, str) else None
+    if _is_rotated(rotation):
+        return None, ("rotated box", f"the box is rotated ({_shown(value.get('rotation'))} degrees); only upright "
+                                     f"boxes can be stored")
+    box, problem = _checked_box(numbers["x"] / 100, numbers["y"] / 100, numbers["width"] / 100,
+                                numbers["height"] / 100, shown)
+    return (None, problem) if problem else ((name, box), None)
+
+
+def _iou(a, b) -> float:
+    """Intersection over union of two [x, y, width, height] boxes."""
+    if a is None or b is None:
+        return 0.0
+    width = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    height = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    inter = max(width, 0.0) * max(height, 0.0)
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _box_list(detections) -> list:
+    """The detections of a ``fo.Detections`` value, which may be None or hold None."""
+    return list((detections.detections if detections is not None else None) or [])
+
+
+def _is_rotated(rotation: float | None) -> bool:
+    """True for a rotation that is not a whole turn (or is no number at all)."""
+    if rotation is None or not math.isfinite(rotation):
+        return True
+    turn = rotation % 360
+    return min(turn, 360 - turn) > 0.01
+
+
+def _field_of(detection, name: str):
+    return detection.get_field(name) if detection.has_field(name) else None
+
+
+class _BoxPlanner:
+    """Turns the matched images of a box task into object changes (nothing is written here)."""
+
+    def __init__(self, result: ImportResult, problems: _Problems, *, known: set[str], label_field: str, tool: str,
+                 decision_source: str):
+        from curation.object_decisions import ObjectChange
+
+        self.change = ObjectChange
+        self.result = result
+        self.problems = problems
+        self.known = known
+        self.label_field = label_field
+        self.tool = tool
+        self.decision_source = decision_source
+        self.changes: list = []
+        self.clean: list[str] = []  # samples whose every returned box could be used
+
+    def _unknown_class(self, box: _ReturnedBox) -> None:
+        shown = ", ".join(_short_text(name, 40) for name in sorted(self.known)[:10])
+        more = f" (and {len(self.known) - 10} more)" if len(self.known) > 10 else ""
+        self.problems.add(box.item, "unknown class", f"class {_shown(box.label)} is not a class of "
+                                                     f"{self.label_field!r} nor of the task; known: "
+                                                     f"{shown or 'none'}{more}")
+
+    def plan(self, sample_id: str, annotation: _BoxAnnotation, detections, sent: tuple[str, ...]) -> None:
+        by_id = {detection.id: detection for detection in _box_list(detections)}
+        by = f" by {annotation.user}" if annotation.user else ""
+        seen = set(annotation.held) & set(by_id)
+        clean = not annotation.n_unusable
+        for box in annotation.boxes:
+            existing = by_id.get(box.object_id) if box.object_id and box.object_id not in seen else None
+            if box.label not in self.known:
+                self._unknown_class(box)
+                clean = False
+                if existing is not None:
+                    seen.add(existing.id)
+                continue
+            if existing is None:  # drawn by the annotator (or a copy of another box)
+                self._plan_new(sample_id, box, by_id, seen, by)
+            else:
+                seen.add(existing.id)
+                self._plan_existing(sample_id, box, existing, by)
+        for object_id in sent:
+            detection = by_id.get(object_id)
+            if detection is None or object_id in seen or _field_of(detection, "decision") == "remove":
+                continue
+            self.changes.append(self.change(sample_id, "remove", object_id, reason=f"deleted in {self.tool}{by}"))
+            self.result.boxes_removed.append((sample_id, object_id, detection.label))
+        if clean:
+            self.clean.append(sample_id)
+
+    def _plan_new(self, sample_id: str, box: _ReturnedBox, by_id: dict, seen: set[str], by: str) -> None:
+        for detection in by_id.values():  # added by an earlier run of this import?
+            if (detection.id not in seen and _field_of(detection, "decision") == "added"
+                    and _field_of(detection, "decision_source") == self.decision_source and detection.label == box.label
+                    and _iou(detection.bounding_box, box.bounding_box) >= MOVED_IOU):
+                seen.add(detection.id)
+                self.result.already_applied.append(detection.id)
+                return
+        self.changes.append(self.change(sample_id, "added", label=box.label, bounding_box=box.bounding_box,
+                                        reason=f"drawn in {self.tool}{by}"))
+        self.result.boxes_added.append((sample_id, box.label, box.bounding_box))
+
+    def _plan_existing(self, sample_id: str, box: _ReturnedBox, existing, by: str) -> None:
+        decision = _field_of(existing, "decision")
+        if decision == "remove":
+            self.problems.add(box.item, "removed box", "this box was removed in the dataset after the export; it stays "
+                                                       "removed (undo the removal there to bring it back)")
+            return
+        old_label, old_box = existing.label, existing.bounding_box
+        relabelled = box.label != old_label and box.label != (old_label or "").strip()
+        moved = _iou(old_box, box.bounding_box) < MOVED_IOU
+        if not relabelled and not moved:
+            if _field_of(existing, "decision_source") == self.decision_source and decision is not None:
+                self.result.already_applied.append(existing.id)
+                return
+            self.result.boxes_confirmed.append(existing.id)
+            if decision is None:  # a box decided before keeps that decision
+                self.changes.append(self.change(sample_id, "keep", existing.id, reason=f"confirmed in {self.tool}{by}"))
+            return
+        if relabelled:
+            self.result.boxes_relabelled.append((sample_id, existing.id, old_label, box.label))
+        if moved:
+            self.result.boxes_moved.append((sample_id, existing.id, tuple(old_box or ()), box.bounding_box))
+            what = f"moved in {self.tool}{by}" + (f", relabelled {old_label} -> {box.label}" if relabelled else "")
+            self.changes.append(self.change(sample_id, "moved", existing.id, label=box.label if relabelled else None,
+                                            bounding_box=box.bounding_box, reason=what))
+        else:
+            self.changes.append(self.change(sample_id, "relabel", existing.id, label=box.label,
+                                            reason=f"corrected in {self.tool}{by}"))
+
+
+def _import_boxes(dataset, source: _Source, chosen: str, problems: _Problems, *, label_field: str,
+                  dry_run: bool) -> ImportResult:
+    reader = _read_cvat_boxes if chosen == "cvat" else _read_labelstudio_boxes
+    matched = _match_samples(dataset, source, reader(source.label, source.content, problems), problems)
+    tool = TOOL_NAMES[chosen]
+    decision_source = f"{chosen}:{source.file_name}"
+    result = ImportResult(format=chosen, dry_run=dry_run, kind=DETECTIONS)
+    ids = list(matched)
+    current = dict(zip(ids, dataset.select(ids, ordered=True).values(label_field))) if ids else {}
+    sent: dict[str, tuple[str, ...]] = {}
+    for sample_id in ids:
+        if sample_id in source.sent_boxes:
+            sent[sample_id] = source.sent_boxes[sample_id]
+        else:  # no mapping.json (an upload of CVAT's own zip): every box the sample holds was sent
+            sent[sample_id] = tuple(detection.id for detection in _box_list(current[sample_id])
+                                    if _field_of(detection, "decision") != "remove")
+    _refuse_without_ids(source.label, matched, current, sent)
+    known = {name for name in dataset.distinct(f"{label_field}.detections.label") if name is not None}
+    planner = _BoxPlanner(result, problems, known=known | set(source.task_classes), label_field=label_field,
+                          tool=tool, decision_source=decision_source)
+    for sample_id in ids:
+        planner.plan(sample_id, matched[sample_id], current[sample_id], sent[sample_id])
+    result.problems, result.n_problems, result.problem_kinds = problems.listed, problems.total, problems.kinds
+    if planner.clean and dataset.has_sample_field("decision"):
+        decisions = dict(zip(planner.clean, dataset.select(planner.clean, ordered=True).values("decision")))
+        result.reviewed = [sample_id for sample_id in planner.clean if decisions[sample_id] == "annotate"]
+    if not dry_run and (planner.changes or result.reviewed):
+        result.added_ids = _write_box_changes(dataset, source.label, planner.changes, result.reviewed,
+                                              label_field=label_field, source=decision_source,
+                                              reason=f"boxes reviewed in {tool}")
+    logger.info("%s: %s", source.label, result.summary())
+    return result
+
+
+def _refuse_without_ids(label: str, matched: dict[str, _BoxAnnotation], current: dict, sent: dict) -> None:
+    """Refuse a file in which no returned box carries the id of a box that was sent: the task's
+    boxes never reached the tool (or lost their ids there), and reading it would delete them all."""
+    n_sent = 0
+    for sample_id, annotation in matched.items():
+        held = {detection.id for detection in _box_list(current[sample_id])}
+        ids = set(sent[sample_id]) & held
+        n_sent += len(ids)
+        returned = {box.object_id for box in annotation.boxes} | set(annotation.held)
+        if ids & returned:
+            return
+    if n_sent:
+        raise AnnotationFileError(
+            f"{label}: none of the {len(matched)} returned image(s) holds a box with the id of one of the {n_sent} "
+            f"box(es) sent; refused, since reading it would delete them all. In CVAT, upload the task's "
+            f"annotations.xml (or task.zip) before annotating and keep the {OBJECT_ID_ATTRIBUTE!r} attribute; in "
+            f"Label Studio, start each annotation from the prediction and export as JSON")
+
+
+def _write_box_changes(dataset, label: str, changes: list, reviewed: list[str], *, label_field: str, source: str,
+                       reason: str) -> list[str]:
+    """Write the box changes, then mark the reviewed samples "keep" (they leave the annotation
+    queue): one automatic snapshot before both."""
+    from pymongo.errors import PyMongoError
+
+    from curation.object_decisions import apply_object_changes
+    from curation.snapshots import bulk_change
+
+    n_samples = len({change.sample_id for change in changes} | set(reviewed))
+    try:
+        with bulk_change(dataset, f"importing {len(changes)} box corrections from {label}", n_samples):
+            added = apply_object_changes(dataset, label_field, changes, source=source)
+            if reviewed:
+                record_decision(dataset, reviewed, "keep", reason=reason, source=source)
+            return added
+    except PyMongoError as error:
+        why = f"{type(error).__name__}: {_short_text(str(error), 200)}"
+        raise ImportInterruptedError(f"{label}: the database failed while writing {len(changes)} box correction(s) "
+                                     f"on {n_samples} sample(s) ({why}); rerun the same import to finish: boxes "
+                                     f"already written are recognised and left as they are") from error
+
+
 # ---- applying
 
 
@@ -1148,10 +1820,15 @@ def import_annotations(
     ``"labelstudio:export.json"``). Every item is checked before the first write; see the
     module docstring for what happens to bad items and hostile files.
 
+    For a ``fo.Detections`` field the boxes are read instead (CVAT ``<box>``; Label Studio
+    ``rectanglelabels`` regions of the latest annotation) and applied as object decisions;
+    see the module docstring. An automatic snapshot is taken before a bulk change.
+
     Args:
         dataset: the FiftyOne dataset the task was exported from.
         path: the exported file, a zip, or a folder holding ``annotations.xml``.
-        label_field: the ``fo.Classification`` field to update.
+        label_field: the ``fo.Classification`` field to update, or the ``fo.Detections`` field
+            whose boxes were sent.
         format: ``"cvat"`` or ``"labelstudio"``; None detects it from the content.
         dry_run: compute the result without writing anything.
 
@@ -1165,15 +1842,17 @@ def import_annotations(
         FileNotFoundError: ``path`` does not exist.
         AnnotationFileError: the file is not readable as the format (empty, malformed or
             too deeply nested XML/JSON, a DTD, wrong top-level structure, too large, a
-            broken zip); the message names the file (and the zip member).
-        CurationInputError: (a ValueError) unknown format, or no or a non-classification
-            label field.
+            broken zip), or, for boxes, no box in it carries the id of a box sent; the
+            message names the file (and the zip member).
+        CurationInputError: (a ValueError) unknown format, or no label field or one that
+            is neither classification nor detections.
         ImportInterruptedError: the database failed while writing; run the import again.
     """
     if format is not None:
         _validate_format(format)
-    _validate_label_field(dataset, label_field)
-    return _import(dataset, _source_from_path(Path(path)), label_field=label_field, format=format, dry_run=dry_run)
+    kind = _validate_label_field(dataset, label_field)
+    return _import(dataset, _source_from_path(Path(path)), label_field=label_field, kind=kind, format=format,
+                   dry_run=dry_run)
 
 
 def import_annotations_from_bytes(
@@ -1196,7 +1875,7 @@ def import_annotations_from_bytes(
     Args:
         dataset: the FiftyOne dataset the task was exported from.
         data: the file's content.
-        label_field: the ``fo.Classification`` field to update.
+        label_field: the ``fo.Classification`` or ``fo.Detections`` field to update.
         format: ``"cvat"`` or ``"labelstudio"``; None detects it from the content.
         name_hint: the file's name as the user gave it, e.g. ``"task_7.zip"``; default "upload".
         dry_run: compute the result without writing anything.
@@ -1213,21 +1892,15 @@ def import_annotations_from_bytes(
                                  f"got {type(data).__name__}")
     if format is not None:
         _validate_format(format)
-    _validate_label_field(dataset, label_field)
-    return _import(dataset, _source_from_bytes(bytes(data), name_hint), label_field=label_field, format=format,
-                   dry_run=dry_run)
+    kind = _validate_label_field(dataset, label_field)
+    return _import(dataset, _source_from_bytes(bytes(data), name_hint), label_field=label_field, kind=kind,
+                   format=format, dry_run=dry_run)
 
 
-def _import(dataset, source: _Source, *, label_field: str, format: str | None, dry_run: bool) -> ImportResult:
-    chosen = format or _detect_format(source.label, source.content)
-    problems = _Problems(source.label)
-    if source.mapping_problem:
-        problems.add_line("unreadable mapping.json", source.mapping_problem)
-    reader = _read_cvat if chosen == "cvat" else _read_labelstudio
-    annotations = reader(source.label, source.content, problems)
-
+def _match_samples(dataset, source: _Source, annotations: list, problems: _Problems) -> dict:
+    """sample id -> the first item of the file that names it; the others become problems."""
     matcher = _SampleMatcher(dataset, source.mapping)
-    matched: dict[str, _Annotation] = {}
+    matched = {}
     for annotation in annotations:
         sample_id, why_not = matcher.match(annotation)
         if sample_id is None:
@@ -1237,6 +1910,20 @@ def _import(dataset, source: _Source, *, label_field: str, format: str | None, d
                                                              f"{matched[sample_id].item}); only the first is used")
         else:
             matched[sample_id] = annotation
+    return matched
+
+
+def _import(dataset, source: _Source, *, label_field: str, kind: str, format: str | None,
+            dry_run: bool) -> ImportResult:
+    chosen = format or _detect_format(source.label, source.content)
+    problems = _Problems(source.label)
+    if source.mapping_problem:
+        problems.add_line("unreadable mapping.json", source.mapping_problem)
+    if kind == DETECTIONS:
+        return _import_boxes(dataset, source, chosen, problems, label_field=label_field, dry_run=dry_run)
+    reader = _read_cvat if chosen == "cvat" else _read_labelstudio
+    matched: dict[str, _Annotation] = _match_samples(dataset, source, reader(source.label, source.content, problems),
+                                                     problems)
 
     tool = TOOL_NAMES[chosen]
     decision_source = f"{chosen}:{source.file_name}"
