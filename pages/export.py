@@ -172,26 +172,32 @@ with export_tab:
 with relabel_tab:
     st.caption(f"{annotate:,} samples are sent to annotation. Export them as a task, fix the labels in the tool, "
                "and import its export: each changed label keeps the old one and names the tool as the source.")
-    if not label_field:
-        st.info("This dataset has no classification labels to correct.")
+    task_fields = split_label_fields(dataset)  # classifications, then boxes (Detections)
+    if not task_fields:
+        st.info("This dataset has no classification labels or boxes to correct.")
     else:
-        cells = st.columns([1, 3, 1], vertical_alignment="bottom")
-        tool = cells[0].selectbox("Tool", ["cvat", "labelstudio"], key="rl_tool",
+        cells = st.columns([1, 1, 3, 1], vertical_alignment="bottom")
+        task_field = cells[0].selectbox("Labels", task_fields, key="rl_field",
+                                        index=task_fields.index(label_field) if label_field in task_fields else 0,
+                                        help="a classification field, or a detections field: its boxes go to the "
+                                             "tool and come back as box decisions (class, moved, removed, added)")
+        tool = cells[1].selectbox("Tool", ["cvat", "labelstudio"], key="rl_tool",
                                   format_func={"cvat": "CVAT (for images 1.1)", "labelstudio": "Label Studio"}.get)
-        task_dir = cells[1].text_input("Write the task to", str(default_export_dir(dataset.name, f"{tool}-task")),
+        task_dir = cells[2].text_input("Write the task to", str(default_export_dir(dataset.name, f"{tool}-task")),
                                        key=f"rl_out_{tool}")
-        if cells[2].button("Export task", disabled=not annotate, key="rl_export", width="stretch"):
+        if cells[3].button("Export task", disabled=not annotate, key="rl_export", width="stretch"):
             try:
-                task = export_annotation_task(dataset, task_dir, format=tool, label_field=label_field)
+                task = export_annotation_task(dataset, task_dir, format=tool, label_field=task_field)
             except USER_ERRORS as error:
                 show_error(error)
             else:
-                st.success(f"Wrote {task.n_samples} images and {len(task.classes)} classes to {task.out_dir}; "
+                boxes = f", {task.n_boxes:,} boxes" if task.n_boxes else ""
+                st.success(f"Wrote {task.n_samples} images{boxes} and {len(task.classes)} classes to {task.out_dir}; "
                            "its README.txt says how to load it.")
         upload = st.file_uploader("Corrected annotations (CVAT annotations.xml or zip, Label Studio JSON)",
                                   type=["xml", "zip", "json"], key="rl_upload")
         if upload is not None:
-            checked = preview_upload(st.session_state, dataset, upload, label_field=label_field,
+            checked = preview_upload(st.session_state, dataset, upload, label_field=task_field,
                                      data_version=st.session_state["data_version"])
             if checked.error:
                 st.error(markdown_text(checked.error))
@@ -203,9 +209,12 @@ with relabel_tab:
                 if found.changed:
                     st.dataframe([{"id": i, "old": old, "new": new} for i, old, new in found.changed],
                                  hide_index=True)
+                box_lines = found.box_change_lines()
+                if box_lines:
+                    st.dataframe({"box change": box_lines}, hide_index=True)
                 if st.button("Apply these corrections", type="primary", key="rl_apply",
-                             disabled=not (found.changed or found.confirmed)):
+                             disabled=not found.has_changes):
                     with errors_shown():
-                        applied = apply_upload(dataset, upload, label_field=label_field)
+                        applied = apply_upload(dataset, upload, label_field=task_field)
                         bump_data_version()
                         st.success(markdown_text(applied.summary()))

@@ -45,7 +45,7 @@ def preview_upload(state: MutableMapping, dataset, upload, *, label_field: str, 
         state: where the preview is kept between reruns (``st.session_state``).
         dataset: the FiftyOne dataset the corrections are for.
         upload: a file with ``file_id``, ``name`` (from the browser) and ``getvalue()``.
-        label_field: the classification field to correct.
+        label_field: the classification or detections field to correct.
         data_version: the session's data version; a new one reads the file again.
 
     Returns:
