@@ -25,7 +25,11 @@ Every method gets the same annotations and predictions:
   prediction disagrees), and its two booleans.
 - **ours**: ``curation.objects.analyze_objects(dataset, "ground_truth", "predictions")`` when
   that function exists (skipped with the reason otherwise), through :func:`score_ours`; its
-  flags are its ``issue`` column.
+  flags are its ``issue`` column. The boxes are embedded first and the embeddings cached beside
+  the set (:func:`save_patch_embeddings`), so a rerun skips the 23-minute embedding. Two
+  wrong-class variants follow (:func:`wrong_class_variants`): the box embeddings alone and the
+  predictions' class probabilities alone (the benchmark declares ``dataset.classes`` for the
+  predictions' ``logits``).
 
 Scoring per error type (the truth table of ``truth.json``):
 
@@ -115,6 +119,7 @@ class MethodScores:
     image_flags: np.ndarray | None = None
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    report_types: tuple[str, ...] = REPORT_TYPES
 
 
 # ----------------------------------------------------------------------------------------
@@ -213,7 +218,7 @@ def evaluate(method: MethodScores, truth: dict) -> list[dict]:
     annotations = truth["annotations"]
     errors = np.array([record["error"] for record in annotations])
     rows = []
-    for kind in REPORT_TYPES:
+    for kind in method.report_types:
         row: dict[str, Any] = {"method": method.name, "error": kind, "score": method.sources.get(kind)}
         if kind == "missing":
             missing = [obj for obj in truth["objects"] if obj["status"] == "missing"]
@@ -447,6 +452,8 @@ def build_fiftyone_set(detection_set: ds.DetectionSet, predictions: dict, name: 
                          logits=[float(np.log(max(p, 1e-12))) for p in d["probabilities"]])
             for d in predicted.get(image_id, [])]))
     dataset.set_values(PREDICTIONS_FIELD, values)
+    # FiftyOne's convention: logits are over dataset.classes[field] (ours reads them there)
+    dataset.classes = {**dataset.classes, PREDICTIONS_FIELD: list(classes)}
     _, positions = grouped_annotations(truth)
     annotation_of_detection: dict[str, int] = {}
     unmatched = 0
@@ -537,9 +544,72 @@ def run_fiftyone(fiftyone_set: FiftyOneSet, truth: dict, predictions: dict) -> M
 OUR_COLUMNS = ("object_id", "sample_id", "bounding_box", "issue")
 
 
+def save_patch_embeddings(dataset: Any, field_name: str, path: Path, annotation_of_detection: dict[str, int]) -> None:
+    """Keep the boxes' embeddings (vector, signature, error per annotation) and the run record
+    in ``path``, so a rerun on the same set does not embed 12k boxes again (23 min on 2 cores).
+    The signatures hold the image files' mtime and size: the cached set's files keep them."""
+    from curation.patches import EMBEDDING_ATTRIBUTE, ERROR_ATTRIBUTE, KEY_ATTRIBUTE, patch_record
+
+    record = patch_record(dataset, field_name)
+    if not record:
+        return
+    prefix = f"{field_name}.detections"
+    ids, vectors, keys, errors = dataset.values(
+        [f"{prefix}.id", f"{prefix}.{EMBEDDING_ATTRIBUTE}", f"{prefix}.{KEY_ATTRIBUTE}", f"{prefix}.{ERROR_ATTRIBUTE}"],
+        unwind=True)
+    n = len(annotation_of_detection)
+    dimension = int(record.get("dimension") or 0)
+    matrix = np.full((n, dimension), np.nan, dtype=np.float32)
+    key_of, error_of = [""] * n, [""] * n
+    for detection_id, vector, key, error in zip(ids, vectors, keys, errors):
+        row = annotation_of_detection.get(detection_id)
+        if row is None:
+            continue
+        if vector is not None:
+            matrix[row] = np.asarray(vector, dtype=np.float32)
+        key_of[row], error_of[row] = key or "", error or ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp.npz")
+    np.savez(temporary, matrix=matrix, keys=np.array(key_of), errors=np.array(error_of),
+             record=np.array(json.dumps(record, default=str)))
+    temporary.replace(path)
+
+
+def restore_patch_embeddings(dataset: Any, field_name: str, path: Path, annotation_of_detection: dict[str, int]) -> str:
+    """Write the embeddings saved by :func:`save_patch_embeddings` back onto the detections;
+    returns what happened (for the results' info)."""
+    from curation.datasets import curation_info, update_curation_info
+    from curation.patches import (EMBEDDING_ATTRIBUTE, ERROR_ATTRIBUTE, INFO_KEY, KEY_ATTRIBUTE,
+                                  _declare_attributes)
+
+    if not path.exists():
+        return f"no cache at {path}"
+    saved = np.load(path)
+    matrix, keys, errors = saved["matrix"], saved["keys"], saved["errors"]
+    if len(matrix) != len(annotation_of_detection):
+        return f"cache at {path} holds {len(matrix)} boxes, the set {len(annotation_of_detection)}: not used"
+    _declare_attributes(dataset, field_name)
+    prefix = f"{field_name}.detections"
+    per_sample = dataset.values(f"{prefix}.id")
+    vectors, signatures, reasons = [], [], []
+    for ids in per_sample:
+        rows = [annotation_of_detection[detection_id] for detection_id in ids or []]
+        vectors.append([None if np.isnan(matrix[row]).any() else matrix[row] for row in rows])
+        signatures.append([str(keys[row]) or None for row in rows])
+        reasons.append([str(errors[row]) or None for row in rows])
+    dataset.set_values(f"{prefix}.{EMBEDDING_ATTRIBUTE}", vectors)
+    dataset.set_values(f"{prefix}.{KEY_ATTRIBUTE}", signatures)
+    dataset.set_values(f"{prefix}.{ERROR_ATTRIBUTE}", reasons)
+    runs = dict(curation_info(dataset).get(INFO_KEY, {}) or {})
+    runs[field_name] = json.loads(str(saved["record"]))
+    update_curation_info(dataset, **{INFO_KEY: runs})
+    return f"restored {int((~np.isnan(matrix).any(axis=1)).sum())} vectors from {path}"
+
+
 def score_ours(dataset_or_table: Any, truth: dict, *, annotation_of_detection: dict[str, int],
                image_of_sample: dict[str, int], field_name: str = FIELD,
-               predictions_field: str | None = PREDICTIONS_FIELD, embed_patches: bool = True) -> MethodScores | str:
+               predictions_field: str | None = PREDICTIONS_FIELD, embed_patches: bool = True,
+               embedding_cache: Path | None = None, config: Any = None, name: str = "ours") -> MethodScores | str:
     """Our finders' answer as :class:`MethodScores`, or a one-line reason why it is skipped.
 
     Args:
@@ -551,6 +621,11 @@ def score_ours(dataset_or_table: Any, truth: dict, *, annotation_of_detection: d
         embed_patches: on a dataset, first embed every box with
             ``curation.patches.compute_patch_embeddings`` (the wrong-class finder reads those
             embeddings), timed apart; skipped when that function does not exist.
+        embedding_cache: a ``.npz`` file of the boxes' embeddings from an earlier run on the
+            same set (:func:`save_patch_embeddings`): restored before embedding, so only
+            boxes whose signature changed are embedded again; written after.
+        config: a ``curation.objects.ObjectConfig`` (default: its defaults).
+        name: the method's name in the results (variants of ours).
     """
     import pandas as pd
 
@@ -572,6 +647,9 @@ def score_ours(dataset_or_table: Any, truth: dict, *, annotation_of_detection: d
             except ImportError as error:
                 info["patch_embeddings"] = f"not computed: {error}"
             else:
+                if embedding_cache is not None:
+                    info["patch_embedding_cache"] = restore_patch_embeddings(
+                        dataset_or_table, field_name, embedding_cache, annotation_of_detection)
                 started = time.perf_counter()
                 try:
                     run = compute_patch_embeddings(dataset_or_table, field_name)
@@ -583,9 +661,12 @@ def score_ours(dataset_or_table: Any, truth: dict, *, annotation_of_detection: d
                                                  if isinstance(value, (int, float, str))}
                                                 if hasattr(run, "__dict__") else str(run))
                 info["embed_seconds"] = round(time.perf_counter() - started, 1)
+                if embedding_cache is not None and isinstance(info.get("patch_embeddings"), dict):
+                    save_patch_embeddings(dataset_or_table, field_name, embedding_cache, annotation_of_detection)
         started = time.perf_counter()
         try:
-            result = analyze(dataset_or_table, field_name, predictions_field)
+            result = (analyze(dataset_or_table, field_name, predictions_field) if config is None
+                      else analyze(dataset_or_table, field_name, predictions_field, config=config))
         except Exception as error:  # theirs is being written: report, keep the peers' figures
             logger.exception("analyze_objects failed")
             return f"skipped: analyze_objects raised {type(error).__name__}: {error}"
@@ -594,6 +675,11 @@ def score_ours(dataset_or_table: Any, truth: dict, *, annotation_of_detection: d
     if not isinstance(result, pd.DataFrame) and isinstance(getattr(result, "info", None), dict):
         found = dict(result.info)
         info.update({key: found[key] for key in ("config", "counts") if key in found})
+        combination = found.get("mislabel_predictions")
+        if isinstance(combination, dict):
+            info["mislabel_predictions"] = {key: combination[key] for key in (
+                "prediction_weight", "chosen_by", "log_loss_by_prediction_weight", "boxes_matched", "from_logits",
+                "from_confidence", "logits_ignored") if key in combination}
         mislabels = found.get("mislabels")
         if isinstance(mislabels, dict):
             info["mislabels"] = mislabels.get("summary") or mislabels.get("skipped")
@@ -643,8 +729,29 @@ def score_ours(dataset_or_table: Any, truth: dict, *, annotation_of_detection: d
         for image_id, i in position.items():
             value = quality.get(sample_of_image.get(image_id))
             image_scores[i] = np.nan if value is None else 1.0 - float(value)
-    return MethodScores(name="ours", annotation_scores=scores, annotation_flags=flags, missing=missing,
+    return MethodScores(name=name, annotation_scores=scores, annotation_flags=flags, missing=missing,
                         sources=sources, image_scores=image_scores, seconds=seconds, info=info)
+
+
+def wrong_class_variants(fiftyone_set: FiftyOneSet, truth: dict) -> list[MethodScores]:
+    """Ours with the wrong-class evidence of one side only: the box embeddings alone
+    (``prediction_weight=0``) and, where a box has a matched prediction, the prediction's class
+    probabilities alone (``prediction_weight=1``). Only their wrong-class rows are reported
+    (the other finders do not read the weight). Needs the embeddings ``score_ours`` computed."""
+    from curation.objects import ObjectConfig
+
+    out = []
+    for name, weight in (("ours, embeddings only", 0.0), ("ours, predictions only", 1.0)):
+        variant = score_ours(fiftyone_set.dataset, truth, annotation_of_detection=fiftyone_set.annotation_of_detection,
+                             image_of_sample=fiftyone_set.image_of_sample, embed_patches=False,
+                             config=ObjectConfig(prediction_weight=weight), name=name)
+        if isinstance(variant, str):
+            logger.warning("%s: %s", name, variant)
+            continue
+        variant.report_types = ("wrong_class",)
+        variant.image_scores = variant.image_flags = None
+        out.append(variant)
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -732,12 +839,14 @@ def main(argv: list[str] | None = None) -> int:
             if "ours" in methods:
                 ours = score_ours(fiftyone_set.dataset, truth, annotation_of_detection=fiftyone_set.annotation_of_detection,
                                   image_of_sample=fiftyone_set.image_of_sample,
-                                  embed_patches=not args.no_patch_embeddings)
+                                  embed_patches=not args.no_patch_embeddings,
+                                  embedding_cache=detection_set.root / "patch_embeddings.npz")
                 if isinstance(ours, str):
                     results["skipped"]["ours"] = ours
                     print(f"ours: {ours}", file=sys.stderr)
                 else:
                     scored.append(ours)
+                    scored.extend(wrong_class_variants(fiftyone_set, truth))
     finally:
         if mongod is not None:
             from curation.database import stop_private_mongod

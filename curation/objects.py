@@ -5,8 +5,13 @@ boxes, FiftyOne's convention). :func:`analyze_objects` scores every box:
 
 - **mislabel** (wrong class): the image mislabel finder (:func:`curation.finders.mislabels.
   find_mislabels`: out-of-fold classifier chosen per dataset, neighbour votes, cleanlab) run on
-  the per-object embeddings of :mod:`curation.patches`; with a predictions field, cleanlab's
-  swap score (the model sees another class there) is the second opinion.
+  the per-object embeddings of :mod:`curation.patches`. With a predictions field, the class
+  evidence of the prediction matched to each box (IoU >= ``match_iou``) joins it
+  (:func:`combine_prediction_classes`): its class probabilities (the softmax of a ``logits``
+  attribute over ``dataset.classes[predictions]``, else its ``confidence`` for its label and the
+  rest spread evenly), averaged with the embedding finder's label quality at a weight chosen
+  per dataset by the out-of-sample log loss of the given labels, as the image finder weighs its
+  signals. cleanlab's swap score (the model sees another class there) is kept as a column.
 - **duplicate**: the same object annotated twice in one image: another box of the image with an
   IoU of at least ``duplicate_iou`` (any class); the later box is the duplicate of the earlier.
 - **degenerate**: zero or negative size, NaN, or (mostly) outside the image.
@@ -43,11 +48,18 @@ logger = logging.getLogger(__name__)
 ISSUES = ("mislabel", "duplicate", "missing", "spurious", "localization", "degenerate")
 COLUMNS = ("object_id", "sample_id", "filepath", "label", "bounding_box", "mislabel_score", "suggested_label",
            "swap_score", "duplicate_of", "duplicate_score", "missing_score", "spurious_score", "localization_score",
-           "degenerate_reason", "issue", "issue_score", "confidence")
+           "degenerate_reason", "issue", "issue_score", "confidence", "embedding_mislabel_score",
+           "prediction_mislabel_score", "predicted_label")
 ATTRIBUTES = ("mislabel_score", "suggested_label", "duplicate_of", "duplicate_score", "spurious_score",
               "localization_score", "issue")
 INFO_KEY = "object_analysis"
 IMAGE_SCORE_FIELD = "object_label_quality"
+AUTO = "auto"
+# The prediction's share of the wrong-class evidence, tried in this order (ties keep the earlier:
+# an even mix first); below MIN_WEIGHT_BOXES boxes with both signals the fixed share is used.
+PREDICTION_WEIGHT_GRID = (0.5, 0.25, 0.75, 0.0, 1.0)
+FALLBACK_PREDICTION_WEIGHT = 0.5
+MIN_WEIGHT_BOXES = 200
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,11 @@ class ObjectConfig:
         match_iou: a prediction overlapping an annotation at least this much supports it; below
             ``spurious_iou`` nothing does (a spurious box, not a badly located one).
         min_side_px: boxes smaller than this many pixels on a side are degenerate.
+        prediction_weight: the matched prediction's share of the wrong-class evidence (with a
+            predictions field): ``"auto"`` (chosen per dataset among
+            :data:`PREDICTION_WEIGHT_GRID` by the out-of-sample log loss of the given labels;
+            0.5 below :data:`MIN_WEIGHT_BOXES` boxes with both signals), or a number in [0, 1]
+            (0: the embeddings alone, 1: the predictions alone where a box has one).
     """
 
     duplicate_iou: float = 0.8
@@ -75,11 +92,15 @@ class ObjectConfig:
     match_iou: float = 0.5
     spurious_iou: float = 0.1
     min_side_px: float = 1.0
+    prediction_weight: float | str = AUTO
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
+            if name == "prediction_weight" and value == AUTO:
+                continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise CurationInputError(f"{name}: expected a number, got {value!r}")
+                also = " or 'auto'" if name == "prediction_weight" else ""
+                raise CurationInputError(f"{name}: expected a number{also}, got {value!r}")
             if name != "min_side_px" and not 0 <= value <= 1:
                 raise CurationInputError(f"{name}: expected a number in [0, 1], got {value!r}")
         if self.min_side_px < 0:
@@ -227,7 +248,8 @@ def find_object_mislabels(dataset, field: str, table: pd.DataFrame, *, seed: int
     from curation.finders.mislabels import MislabelConfig, find_mislabels
     from curation.neighbors import compute_neighbors
 
-    empty = pd.DataFrame({"mislabel_score": np.nan, "suggested_label": None}, index=table.index)
+    empty = pd.DataFrame({"mislabel_score": np.nan, "suggested_label": None, "suggested_confidence": np.nan},
+                         index=table.index)
     from curation.embeddings import NoEmbeddingRecordError
     from curation.patches import load_patch_embeddings
 
@@ -261,6 +283,7 @@ def find_object_mislabels(dataset, field: str, table: pd.DataFrame, *, seed: int
     index = table.index[keep]
     out.loc[index, "mislabel_score"] = scored["score"].to_numpy(dtype=float)
     out.loc[index, "suggested_label"] = scored["suggested_label"].to_numpy(dtype=object)
+    out.loc[index, "suggested_confidence"] = scored["suggested_confidence"].to_numpy(dtype=float)
     return out, {"summary": result.summary, "settings": _jsonable(result.info)}
 
 
@@ -379,6 +402,176 @@ def _pixel_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
+# Wrong classes: the embeddings' evidence joined by the predictions'
+
+
+def prediction_class_probabilities(dataset, predictions_field: str, table: pd.DataFrame,
+                                   config: ObjectConfig = ObjectConfig()) -> tuple[np.ndarray, list[str], dict]:
+    """The class distribution of the prediction matched to each box of ``table``.
+
+    A box's match is the prediction of its image (any class, confidence at least
+    ``min_prediction_confidence``) that overlaps it most, when that IoU reaches ``match_iou``.
+    Its distribution: the softmax of its ``logits`` attribute when that has one value per class
+    of ``dataset.classes[predictions_field]`` (else ``dataset.default_classes``), FiftyOne's
+    convention; otherwise ``confidence`` for its label and the rest spread evenly over the other
+    classes (a detector's confidence also holds its doubt that an object is there at all).
+
+    Returns:
+        ``(probabilities, classes, info)``: (N, C) rows summing to 1, NaN rows for boxes no
+        prediction matches; the C class names (the annotations', the predictions' and the
+        logits' classes); how many boxes matched and where the distributions came from.
+    """
+    ids, predicted = dataset.values(["id", f"{predictions_field}.detections"])
+    logit_classes = [str(name) for name in (dataset.classes.get(predictions_field) or dataset.default_classes or [])]
+    classes = sorted({str(label) for label in table["label"].dropna()}
+                     | {str(d.label) for ds in predicted for d in (ds or []) if d.label is not None}
+                     | set(logit_classes))
+    column = {name: index for index, name in enumerate(classes)}
+    logit_columns = np.array([column[name] for name in logit_classes], dtype=int)
+    out = np.full((len(table), len(classes)), np.nan)
+    positions = {index: position for position, index in enumerate(table.index)}
+    by_sample = {sample_id: group for sample_id, group in table.groupby("sample_id", sort=False)}
+    counts = {"logits": 0, "confidence": 0}
+    wrong_length = 0
+    for sample_id, detections in zip(ids, predicted):
+        group = by_sample.get(sample_id)
+        usable = [d for d in detections or [] if d.label is not None and d.confidence is not None
+                  and math.isfinite(d.confidence) and d.confidence >= config.min_prediction_confidence]
+        if group is None or not usable:
+            continue
+        overlap = iou_matrix(_boxes(group["bounding_box"]), _boxes([d.bounding_box for d in usable]))
+        for row, index in zip(overlap, group.index):
+            best = int(np.argmax(row))
+            if row[best] < config.match_iou:
+                continue
+            detection = usable[best]
+            logits = detection.get_field("logits") if detection.has_field("logits") else None
+            distribution = np.zeros(len(classes))
+            values = np.asarray(logits, dtype=float).ravel() if logits is not None else np.zeros(0)
+            if len(values) and len(values) == len(logit_columns) and np.isfinite(values).all():
+                exp = np.exp(values - values.max())
+                distribution[logit_columns] = exp / exp.sum()
+                counts["logits"] += 1
+            else:
+                wrong_length += logits is not None
+                confidence = float(np.clip(detection.confidence, 0.0, 1.0))
+                others = len(classes) - 1
+                distribution[:] = (1.0 - confidence) / others if others else 0.0
+                distribution[column[str(detection.label)]] = confidence if others else 1.0
+                counts["confidence"] += 1
+            out[positions[index]] = distribution
+    info = {"boxes_matched": counts["logits"] + counts["confidence"], "from_logits": counts["logits"],
+            "from_confidence": counts["confidence"], "logit_classes": logit_classes or None}
+    if wrong_length:
+        info["logits_ignored"] = (f"{wrong_length} predictions have logits whose length is not the "
+                                  f"{len(logit_classes)} classes of dataset.classes[{predictions_field!r}] "
+                                  f"(or default_classes): their label and confidence were used; set the class list "
+                                  f"to use them")
+    return out, classes, info
+
+
+def choose_prediction_weight(embedding_quality: np.ndarray, prediction_quality: np.ndarray) -> dict:
+    """The prediction's share of the wrong-class evidence that best predicts the given labels.
+
+    Both qualities are out of sample (the embedding classifier is cross-validated, neighbours
+    never vote for themselves, and a detector did not see these annotations, or should not
+    have), so, as :func:`curation.finders.mislabels.choose_signal_weights` does for images, the
+    share of :data:`PREDICTION_WEIGHT_GRID` whose mix gives the lowest mean log loss of the
+    given labels, over the boxes that have both, wins: most labels are right, and the mix that
+    predicts them best is the one whose low values best mark the ones that are not. Fewer than
+    :data:`MIN_WEIGHT_BOXES` such boxes keep :data:`FALLBACK_PREDICTION_WEIGHT`.
+
+    Args:
+        embedding_quality, prediction_quality: (N,) support for the given label in [0, 1],
+            NaN where that signal has none.
+
+    Returns ``{"prediction_weight", "chosen_by", "log_loss_by_prediction_weight"}``.
+    """
+    both = np.isfinite(embedding_quality) & np.isfinite(prediction_quality)
+    if both.sum() < MIN_WEIGHT_BOXES:
+        return {"prediction_weight": FALLBACK_PREDICTION_WEIGHT,
+                "chosen_by": f"fixed: {int(both.sum())} boxes have both signals, fewer than {MIN_WEIGHT_BOXES} "
+                             f"to choose on"}
+    losses = {}
+    for weight in PREDICTION_WEIGHT_GRID:
+        quality = weight * prediction_quality[both] + (1.0 - weight) * embedding_quality[both]
+        losses[weight] = float(-np.mean(np.log(np.clip(quality, 1e-6, 1.0))))
+    best = min(PREDICTION_WEIGHT_GRID, key=lambda weight: (losses[weight], PREDICTION_WEIGHT_GRID.index(weight)))
+    return {"prediction_weight": best, "chosen_by": "lowest out-of-sample log loss of the given labels",
+            "log_loss_by_prediction_weight": {str(weight): round(value, 5) for weight, value in losses.items()}}
+
+
+def combine_prediction_classes(dataset, predictions_field: str, table: pd.DataFrame,
+                               config: ObjectConfig = ObjectConfig()) -> tuple[pd.DataFrame, dict]:
+    """The wrong-class score of every box of ``table`` (which holds the embedding finder's
+    ``mislabel_score`` and ``suggested_label``) with the matched prediction's class evidence.
+
+    Per box, the label quality (support for the given label) is the weighted mean of the
+    embedding finder's (``1 - mislabel_score``) and the prediction's (its probability of the
+    given label), renormalised over the signals the box has; ``mislabel_score`` is 1 minus it.
+    ``suggested_label`` is the most probable class under the same mix, counting for the
+    embedding side the two classes it reports (the given one and its suggestion).
+
+    Returns:
+        (a frame aligned with ``table``: ``mislabel_score``, ``suggested_label``,
+        ``embedding_mislabel_score``, ``prediction_mislabel_score`` (1 - the prediction's
+        probability of the given label; NaN without a match), ``predicted_label``; info).
+    """
+    probabilities, classes, info = prediction_class_probabilities(dataset, predictions_field, table, config)
+    column = {name: index for index, name in enumerate(classes)}
+    labels = table["label"].astype(object).to_numpy()
+    given = np.array([column.get(str(label), -1) if label is not None else -1 for label in labels])
+    matched = np.isfinite(probabilities).all(axis=1) & (given >= 0)
+    prediction_quality = np.full(len(table), np.nan)
+    prediction_quality[matched] = probabilities[matched, given[matched]]
+    embedding_score = pd.to_numeric(table["mislabel_score"], errors="coerce").to_numpy(dtype=float)
+    embedding_quality = 1.0 - embedding_score
+    if config.prediction_weight == AUTO:
+        chosen = choose_prediction_weight(embedding_quality, prediction_quality)
+    else:
+        chosen = {"prediction_weight": float(config.prediction_weight), "chosen_by": "given"}
+    weight = chosen["prediction_weight"]
+    has_embedding, has_prediction = np.isfinite(embedding_quality), np.isfinite(prediction_quality)
+    share_prediction = np.where(has_prediction, weight, 0.0)
+    share_embedding = np.where(has_embedding, 1.0 - weight, 0.0)
+    total = share_prediction + share_embedding
+    # A box with one signal takes it whole (the weights renormalised over what it has).
+    share_prediction = np.where(total > 0, share_prediction / np.where(total > 0, total, 1.0),
+                                has_prediction.astype(float))
+    share_embedding = np.where(total > 0, share_embedding / np.where(total > 0, total, 1.0),
+                               (has_embedding & ~has_prediction).astype(float))
+    quality = (share_prediction * np.nan_to_num(prediction_quality) + share_embedding * np.nan_to_num(embedding_quality))
+    score = np.where(has_embedding | has_prediction, np.clip(1.0 - quality, 0.0, 1.0), np.nan)
+
+    suggested = table["suggested_label"].astype(object).to_numpy().copy()
+    predicted_label = np.array([None] * len(table), dtype=object)
+    embedding_suggestion = table["suggested_label"].astype(object).to_numpy()
+    suggested_confidence = (pd.to_numeric(table["suggested_confidence"], errors="coerce").to_numpy(dtype=float)
+                            if "suggested_confidence" in table else np.full(len(table), np.nan))
+    for row in np.flatnonzero(has_prediction):
+        mix = share_prediction[row] * probabilities[row]
+        predicted_label[row] = classes[int(np.argmax(probabilities[row]))]
+        if has_embedding[row]:
+            mix = mix.copy()
+            mix[given[row]] += share_embedding[row] * embedding_quality[row]
+            other = embedding_suggestion[row]
+            if other is not None and str(other) in column and column[str(other)] != given[row]:
+                # its probability of its suggestion; without it, all the given label lacks
+                known = (suggested_confidence[row] if np.isfinite(suggested_confidence[row])
+                         else 1.0 - embedding_quality[row])
+                mix[column[str(other)]] += share_embedding[row] * known
+        suggested[row] = classes[int(np.argmax(mix))]
+    out = pd.DataFrame({"mislabel_score": score, "suggested_label": suggested,
+                        "embedding_mislabel_score": embedding_score,
+                        "prediction_mislabel_score": 1.0 - prediction_quality, "predicted_label": predicted_label},
+                       index=table.index)
+    info.update(chosen)
+    info["method"] = ("label quality = weighted mean of the embedding finder's (1 - its score) and the matched "
+                      "prediction's probability of the given label, renormalised over the signals a box has")
+    return out, info
+
+
+# ---------------------------------------------------------------------------------------------
 # Everything together
 
 
@@ -409,12 +602,22 @@ def analyze_objects(dataset, field: str, predictions_field: str | None = None, *
     table = table.join(find_duplicate_boxes(table, config))
     mislabels, info["mislabels"] = find_object_mislabels(dataset, field, table, seed=seed)
     table = table.join(mislabels)
+    table["embedding_mislabel_score"] = table["mislabel_score"]
     image_quality: dict[str, float] = {}
     missing = pd.DataFrame(columns=COLUMNS)
     if predictions_field:
         per_box, missing, image_quality, info["predictions"] = find_prediction_issues(
             dataset, field, predictions_field, table, config)
         table = table.join(per_box)
+        if config.prediction_weight == 0:
+            info["mislabel_predictions"] = {"prediction_weight": 0.0, "chosen_by": "given: the embeddings alone"}
+        else:
+            combined, info["mislabel_predictions"] = combine_prediction_classes(dataset, predictions_field, table, config)
+            table = table.drop(columns=["mislabel_score", "suggested_label", "embedding_mislabel_score"]).join(combined)
+            matched = info["mislabel_predictions"].get("boxes_matched", 0)
+            if info["mislabels"].get("skipped") and matched:
+                info["mislabels"]["skipped"] += (f"; only the predictions' classes judged the {matched} boxes a "
+                                                 f"prediction matches")
     for column in COLUMNS:
         if column not in table:
             table[column] = np.nan if column.endswith("_score") else None
