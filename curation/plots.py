@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import plotly.graph_objects as go
 import plotly.express as px
 import pandas as pd
 
-from curation.mapview import is_categorical
+from curation.mapview import DensityRaster, DrawConfig, density_raster, drawn_rows, is_categorical
 
 _PALETTE = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
 
@@ -37,6 +38,11 @@ def scatter_map(frame: pd.DataFrame, colors: pd.Series, *, title: str = "", poin
             marker={"size": size, "color": colors, "colorscale": "Viridis", "showscale": True, "opacity": 0.85},
             customdata=frame["id"], text=frame["label"].astype(str), hovertemplate=hover,
         ))
+    _map_layout(figure, title)
+    return figure
+
+
+def _map_layout(figure: go.Figure, title: str) -> None:
     figure.update_layout(
         title=title, height=640, margin={"l": 10, "r": 10, "t": 50, "b": 10},
         dragmode="lasso", plot_bgcolor="white",
@@ -45,7 +51,78 @@ def scatter_map(frame: pd.DataFrame, colors: pd.Series, *, title: str = "", poin
         legend={"itemsizing": "constant", "yanchor": "top", "y": 0.98, "x": 1.01},
         xaxis={"visible": False}, yaxis={"visible": False},
     )
+
+
+# Empty cells transparent, then light to dark grey: the density shows through the points.
+_DENSITY_SCALE = [[0.0, "rgba(255,255,255,0)"], [0.5 / 255, "rgba(255,255,255,0)"],
+                  [1.0 / 255, "rgba(205,205,215,0.55)"], [1.0, "rgba(40,40,60,0.9)"]]
+
+
+def map_figure(frame: pd.DataFrame, colors: pd.Series, drawn: np.ndarray, *,
+               raster: DensityRaster | None = None, title: str = "") -> go.Figure:
+    """The Map page's figure: the ``drawn`` rows of ``frame`` as WebGL points, one trace per
+    category, over an optional density image of all points.
+
+    Each point's ``customdata`` is its row position in ``frame`` (not its id: 4 bytes a
+    point in the JSON instead of ~27), so a click maps back to a sample; lassos and boxes
+    are resolved on the server over every row (:func:`curation.mapview.selection_mask`).
+    Hover shows the colour value; the label too where at most 20,000 points are drawn.
+
+    Args:
+        frame: (N rows) ``x``, ``y``, ``label``.
+        colors: (N,) values aligned with ``frame``.
+        drawn: sorted row positions to draw (:func:`curation.mapview.drawn_rows`).
+        raster: counts of all N points (:func:`curation.mapview.density_raster`) or None.
+    """
+    drawn = np.asarray(drawn, dtype=np.int64)
+    size = 7 if len(drawn) <= 2_000 else 4 if len(drawn) <= 20_000 else 2.5
+    with_text = len(drawn) <= 20_000
+    x = frame["x"].to_numpy(dtype=np.float32)[drawn]
+    y = frame["y"].to_numpy(dtype=np.float32)[drawn]
+    shown = colors.iloc[drawn] if len(drawn) < len(colors) else colors
+    labels = frame["label"].iloc[drawn].astype(str).to_numpy() if with_text else None
+    figure = go.Figure()
+    if raster is not None:
+        # log counts in 1..255 as bytes (a quarter of float32's JSON); 0 stays empty
+        shade = np.log1p(raster.counts) * (254.0 / max(np.log1p(raster.counts.max()), 1e-9))
+        shade = np.where(raster.counts > 0, 1 + np.round(shade), 0).astype(np.uint8)
+        figure.add_trace(go.Heatmap(
+            z=shade, x0=raster.x0, dx=raster.dx, y0=raster.y0, dy=raster.dy, zmin=0, zmax=255,
+            colorscale=_DENSITY_SCALE, showscale=False, hoverinfo="skip", name="all samples (density)",
+        ))
+    if is_categorical(shown):
+        codes, categories = pd.factorize(shown.astype(str), sort=True)
+        for index, category in enumerate(categories):
+            members = np.flatnonzero(codes == index)
+            figure.add_trace(go.Scattergl(
+                x=x[members], y=y[members], mode="markers", name=str(category),
+                marker={"size": size, "color": _PALETTE[index % len(_PALETTE)], "opacity": 0.85},
+                customdata=drawn[members].astype(np.int32),
+                text=labels[members] if with_text else None,
+                hovertemplate="%{text}<extra>%{fullData.name}</extra>" if with_text else "%{fullData.name}<extra></extra>",
+            ))
+    else:
+        values = pd.to_numeric(shown, errors="coerce").to_numpy(dtype=np.float64)
+        figure.add_trace(go.Scattergl(
+            x=x, y=y, mode="markers", name=str(colors.name or "value"),
+            marker={"size": size, "color": values, "colorscale": "Viridis", "showscale": True, "opacity": 0.85},
+            customdata=drawn.astype(np.int32), text=labels,
+            hovertemplate=("%{text}: " if with_text else "") + "%{marker.color}<extra></extra>",
+        ))
+    _map_layout(figure, title)
     return figure
+
+
+def map_view_figure(frame: pd.DataFrame, colors: pd.Series, config: DrawConfig = DrawConfig(), *,
+                    title: str = "") -> tuple[go.Figure, int]:
+    """:func:`map_figure` within ``config.point_budget`` points: every point up to the
+    budget; above it a seeded (stratified) sample over a density image of all points.
+    Returns the figure and how many points it draws."""
+    drawn = drawn_rows(colors, config)
+    raster = None
+    if len(drawn) < len(frame):
+        raster = density_raster(frame["x"].to_numpy(), frame["y"].to_numpy(), config.raster_bins)
+    return map_figure(frame, colors, drawn, raster=raster, title=title), len(drawn)
 
 
 def class_count_bar(counts: dict[str, int], *, title: str = "Samples per class") -> go.Figure:

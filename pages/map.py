@@ -1,13 +1,47 @@
-"""Map: UMAP of the embeddings, coloured by label, field or cluster; lasso to select and tag."""
+"""Map: UMAP of the embeddings, coloured by label, field or cluster; lasso to select and tag.
+
+At a million samples the chart draws a seeded sample of points over a density image of
+all of them; a lasso or box is resolved on the server against every sample.
+"""
 
 import pandas as pd
 import streamlit as st
 
 from curation import datasets as ds
 from curation import mapview
-from curation.plots import scatter_map
+from curation.plots import map_view_figure
 from curation.projection import ClusterConfig, ProjectionConfig
-from pages.common import USER_ERRORS, bump_data_version, clusters, map_points, open_page, show_error, show_thumbnails
+from pages.common import (USER_ERRORS, bump_data_version, clusters, open_page, projection, show_error,
+                          show_thumbnails)
+
+SELECTION_ROWS = 1_000  # rows of a selection read for the table; the count is always exact
+
+
+@st.cache_resource(show_spinner="Reading sample labels and tags…", max_entries=2)
+def map_table(name: str, field: str, label_field: str | None, config: ProjectionConfig, embedded_count: int,
+              data_version: int) -> pd.DataFrame:
+    """Coordinates plus file path, label and tags: shared, not copied on every rerun (1M rows). Read-only."""
+    return mapview.with_attributes(ds.load_dataset(name), projection(name, field, config, embedded_count), label_field)
+
+
+@st.cache_resource(show_spinner="Colouring the map…", max_entries=4)
+def map_colors(name: str, field: str, label_field: str | None, config: ProjectionConfig, color_by: str,
+               n_clusters: int, embedded_count: int, data_version: int) -> pd.Series:
+    frame = map_table(name, field, label_field, config, embedded_count, data_version)
+    if color_by in (mapview.COLOR_KMEANS, mapview.COLOR_HDBSCAN):
+        method = "kmeans" if color_by == mapview.COLOR_KMEANS else "hdbscan"
+        return mapview.aligned_colors(clusters(name, field, ClusterConfig(method=method, n_clusters=n_clusters),
+                                               embedded_count), frame)
+    return mapview.color_column(ds.load_dataset(name), frame, color_by, field)
+
+
+@st.cache_resource(show_spinner="Drawing the map…", max_entries=4)
+def map_chart(name: str, field: str, label_field: str | None, config: ProjectionConfig, color_by: str,
+              n_clusters: int, embedded_count: int, data_version: int):
+    frame = map_table(name, field, label_field, config, embedded_count, data_version)
+    colors = map_colors(name, field, label_field, config, color_by, n_clusters, embedded_count, data_version)
+    return map_view_figure(frame, colors)
+
 
 dataset, field = open_page("Map")
 
@@ -19,23 +53,23 @@ n_neighbors = controls[2].number_input("UMAP neighbours", 5, 100, 15, key="map_n
 min_dist = controls[3].number_input("UMAP min distance", 0.0, 1.0, 0.1, step=0.05, key="map_min_dist")
 
 embedded_count = dataset.exists(field).count()
-frame = map_points(dataset.name, field, st.session_state["label_field"],
-                   ProjectionConfig(n_neighbors=int(n_neighbors), min_dist=float(min_dist)), embedded_count,
-                   st.session_state["data_version"])
-if color_by in (mapview.COLOR_KMEANS, mapview.COLOR_HDBSCAN):
-    method = "kmeans" if color_by == mapview.COLOR_KMEANS else "hdbscan"
-    names = clusters(dataset.name, field, ClusterConfig(method=method, n_clusters=int(n_clusters)), embedded_count)
-    colors = pd.Series(names.loc[frame["id"]].to_numpy(), index=frame.index)
-else:
-    colors = mapview.color_column(dataset, frame, color_by, field)
+key = (dataset.name, field, st.session_state["label_field"],
+       ProjectionConfig(n_neighbors=int(n_neighbors), min_dist=float(min_dist)))
+frame = map_table(*key, embedded_count, st.session_state["data_version"])
+figure, drawn = map_chart(*key, color_by, int(n_clusters), embedded_count, st.session_state["data_version"])
 
-st.caption(f"{len(frame):,} samples. Drag to lasso-select (box select and click are in the chart's toolbar); "
-           "the selection appears below.")
-event = st.plotly_chart(scatter_map(frame, colors), key="map_chart", on_select="rerun",
+if drawn < len(frame):
+    shown = (f"{drawn:,} drawn as points over a density image of all of them; a lasso or box selects every "
+             "sample inside it, drawn or not. ")
+else:
+    shown = ""
+st.caption(f"{len(frame):,} samples. {shown}Drag to lasso-select (box select and click are in the chart's "
+           "toolbar); the selection appears below.")
+event = st.plotly_chart(figure, key="map_chart", on_select="rerun",
                         selection_mode=("points", "box", "lasso"), width="stretch")
-points = event.selection.points if event and event.selection else []
-if points:
-    st.session_state["selected_ids"] = list(dict.fromkeys(point["customdata"] for point in points))
+chosen = mapview.selected_ids(frame, event.selection) if event and event.selection else None
+if chosen is not None:
+    st.session_state["selected_ids"] = chosen
 
 selected = st.session_state["selected_ids"]
 st.subheader(f"Selection ({len(selected):,} samples)")
@@ -61,7 +95,9 @@ if clear:
     st.session_state.pop("map_chart", None)  # forget the chart's own lasso too
     st.rerun()
 
-table = mapview.selection_table(dataset, selected, st.session_state["label_field"])
+table = mapview.selection_table(dataset, selected, st.session_state["label_field"], limit=SELECTION_ROWS)
+if len(selected) > len(table):
+    st.caption(f"Showing the first {len(table):,} of {len(selected):,} selected samples.")
 show_thumbnails(table)
 with st.expander("Selected samples as a table"):
     st.dataframe(table, hide_index=True)

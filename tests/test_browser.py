@@ -264,7 +264,10 @@ def _plotted_point_count(page) -> int:
 
 
 def _plotted_points(page) -> dict:
-    """Every plotted point (sample id, position on the page in CSS pixels) and the plot area."""
+    """Every plotted point (its ``customdata``, position on the page in CSS pixels) and the plot area.
+
+    On the Map page ``customdata`` is the point's row in the map's table, which follows the
+    dataset's embedded samples (see :func:`_map_row_ids`)."""
     return page.evaluate("""() => {
         const gd = document.querySelector('.js-plotly-plot');
         const xaxis = gd._fullLayout.xaxis, yaxis = gd._fullLayout.yaxis;
@@ -294,7 +297,7 @@ def _inside(x: float, y: float, polygon: list[tuple[float, float]]) -> bool:
 def _lasso_target(points: list[dict], plot: dict, *, margin: float = 6.0) -> tuple[list[tuple[float, float]], set[str]]:
     """A circular lasso around a few points with no point near its edge, inside the plot.
 
-    Returns the polygon (page pixels) and the ids of the points inside it.
+    Returns the polygon (page pixels) and the ``customdata`` of the points inside it.
     """
     # Keep clear of the plot's edges, and of the mode bar in the top-right corner.
     left, top = plot["left"] + margin, plot["top"] + 50
@@ -370,13 +373,22 @@ def clean_tag(embedded_dataset):
     load_dataset(DATASET).untag_samples(TAG)
 
 
+def _map_row_ids(dataset) -> list[str]:
+    """Sample id of each row of the Map page's table: the embedded samples in dataset order."""
+    from curation.datasets import embedding_statuses
+
+    return dataset.exists(embedding_statuses(dataset)[0].field).values("id")
+
+
 def test_lasso_selection_is_tagged_and_survives_a_restart(app_server, page, clean_tag, screenshot_dir):
     from curation.datasets import load_dataset
 
     _open_map(page, app_server)
     page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
     layout = _plotted_points(page)
-    polygon, expected_ids = _lasso_target(layout["points"], layout["plot"])
+    polygon, expected_rows = _lasso_target(layout["points"], layout["plot"])
+    row_ids = _map_row_ids(load_dataset(DATASET))
+    expected_ids = {row_ids[int(row)] for row in expected_rows}
 
     _draw_lasso(page, polygon)
     header = page.get_by_role("heading", name=re.compile(r"^Selection \([1-9][\d,]* samples\)$"))
