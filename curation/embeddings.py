@@ -427,13 +427,36 @@ def load_embeddings(dataset, field_name: str) -> tuple[list[str], np.ndarray]:
 
     Raises:
         KeyError: the dataset has no such field.
+    Streamed: the vectors are decoded straight into one preallocated matrix, a batch of
+    documents at a time, so the peak memory is the matrix plus the ids (``values()`` followed
+    by ``np.stack`` held a list of N arrays as well: twice the matrix).
     """
     if not dataset.has_sample_field(field_name):
         raise MissingFieldError(f"dataset {dataset.name!r} has no embedding field {field_name!r}; run `curation embed` first")
-    ids, vectors = dataset.exists(field_name).values(["id", field_name])
-    if not ids:
+    import fiftyone.core.utils as fou
+
+    view = dataset.exists(field_name)
+    expected = view.count()
+    ids: list[str] = []
+    matrix: np.ndarray | None = None
+    cursor = view._aggregate(pipeline=[{"$project": {field_name: 1}}])
+    for row, document in enumerate(cursor):
+        value = document.get(field_name)
+        vector = fou.deserialize_numpy_array(value) if isinstance(value, bytes) else np.asarray(value)
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if matrix is None:
+            matrix = np.empty((max(expected, 1), vector.size), dtype=np.float32)
+        elif vector.size != matrix.shape[1]:
+            raise CurationInputError(f"dataset {dataset.name!r}, field {field_name!r}: sample {document['_id']} "
+                                     f"holds a vector of {vector.size} values, expected {matrix.shape[1]} like "
+                                     f"the others; run `curation embed` again for this field")
+        if row >= len(matrix):  # samples added since the count
+            matrix = np.concatenate([matrix, np.empty_like(matrix)])
+        matrix[row] = vector
+        ids.append(str(document["_id"]))
+    if matrix is None:
         return [], np.zeros((0, 0), dtype=np.float32)
-    return ids, np.stack(vectors).astype(np.float32, copy=False)
+    return ids, matrix[:len(ids)]
 
 
 def embedding_failures(dataset, field_name: str) -> list[tuple[str, str]]:
