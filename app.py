@@ -8,7 +8,10 @@ by type only (see pages/common.py).
 import streamlit as st
 
 import curation  # noqa: F401  (sets FiftyOne's environment before anything imports it)
+from curation.db_server import ensure_server_once
 from pages.common import USER_ERRORS, init_session, show_error, show_unexpected, sidebar
+
+ensure_server_once()  # before FiftyOne connects: it attaches to the kept database service (curation.db_server)
 
 st.set_page_config(page_title="Curation", page_icon=":material/photo_library:", layout="wide")
 init_session()

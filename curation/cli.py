@@ -120,12 +120,16 @@ def _embed(dataset, args) -> None:
                                  image_size=args.image_size, flip_tta=args.flip_tta or None, progress=update)
     finally:
         bar.close()
+    _report_embedding(run, f"on {run.device}")
+
+
+def _report_embedding(run, where: str) -> None:
     if run.fallback_reason:
         print(f"note: {run.fallback_reason}", file=sys.stderr)
     for path, reason in run.failures:
         print(f"skipped: {path}: {reason}", file=sys.stderr)
     size = f" at {run.image_size} px" + (" with flip TTA" if run.flip_tta else "") if run.image_size else ""
-    print(f"embedded {run.embedded} new samples with {run.model}{size} on {run.device} into field {run.field!r} "
+    print(f"embedded {run.embedded} new samples with {run.model}{size} {where} into field {run.field!r} "
           f"({run.already_done} already done, {len(run.failures)} skipped)")
 
 
@@ -161,12 +165,39 @@ def cmd_embed(args) -> int:
 
     if args.patches is None and (args.context is not None or args.min_side is not None):
         raise CommandError("--context and --min-side apply to object embeddings: add --patches FIELD")
+    if args.engine == "ray":
+        if args.patches is not None:
+            raise CommandError("--patches runs in-process only: leave out --engine ray")
+        if args.workers is not None:
+            raise CommandError("--workers sets in-process decode workers; with --engine ray use --actors")
+        from curation.ray_engine import import_ray
+
+        import_ray()  # before loading anything: says which extra to install
+    elif args.address is not None or args.actors is not None:
+        raise CommandError("--address and --actors apply to --engine ray")
     dataset = load_dataset(args.dataset)
     if args.patches is not None:
         _embed_patches(dataset, args)
+    elif args.engine == "ray":
+        _embed_with_ray(dataset, args)
     else:
         _embed(dataset, args)
     return 0
+
+
+def _embed_with_ray(dataset, args) -> None:
+    from curation.ray_engine import embed_with_ray
+
+    bar, update = _progress(f"embedding {dataset.name} on Ray")
+    try:
+        run = embed_with_ray(dataset, model=args.model, checkpoint=args.checkpoint, address=args.address,
+                             batch_size=args.batch_size, num_actors=args.actors, device=args.device,
+                             allow_fallback=not args.no_fallback, retry_failed=args.retry_failed,
+                             image_size=args.image_size, flip_tta=args.flip_tta or None, progress=update)
+    finally:
+        bar.close()
+    _report_embedding(run, f"on Ray ({run.num_actors} {run.device} actors; {run.shards_computed} shards computed, "
+                           f"{run.shards_reused} reused from a stopped run)")
 
 
 def cmd_map(args) -> int:
@@ -190,21 +221,56 @@ def cmd_map(args) -> int:
     return 0
 
 
-def cmd_datasets(args) -> int:
+def _dataset_rows():
+    """``(name, samples, embedding statuses)`` per dataset: read with pymongo when the database
+    is reachable without fiftyone (a URI, or the kept server), else through fiftyone."""
+    from curation.db_server import connect_without_fiftyone
+
+    connection = None
+    try:
+        connection = connect_without_fiftyone()
+        if connection is not None:
+            from curation.datasets import listing_from_database
+
+            rows = listing_from_database(connection[1])
+            if rows is not None:
+                return rows
+    except Exception as error:  # noqa: BLE001  (pymongo raises many types; fiftyone below says what is wrong)
+        logging.getLogger(__name__).info("listing datasets through fiftyone: %s", error)
+    finally:
+        if connection is not None:
+            connection[0].close()
     from curation.datasets import list_dataset_names, load_dataset, summarize
 
-    names = list_dataset_names()
-    if not names:
+    summaries = (summarize(load_dataset(name)) for name in list_dataset_names())
+    return [(summary.name, summary.sample_count, summary.embeddings) for summary in summaries]
+
+
+def cmd_datasets(args) -> int:
+    rows = _dataset_rows()
+    if not rows:
         print("no datasets yet; import one with `curation import SOURCE --name NAME`")
         return 0
     print(f"{'dataset':30} {'samples':>8}  embeddings")
-    for name in names:
-        summary = summarize(load_dataset(name))
+    for name, sample_count, embeddings in rows:
         status = "; ".join(
             f"{s.model}: {s.embedded}/{s.total}" + (f" ({s.failed} failed)" if s.failed else "")
-            for s in summary.embeddings
+            for s in embeddings
         ) or "none"
-        print(f"{name:30} {summary.sample_count:>8}  {status}")
+        print(f"{name:30} {sample_count:>8}  {status}")
+    return 0
+
+
+def cmd_db(args) -> int:
+    from curation.db_server import server_status, stop_server
+
+    if args.action == "stop":
+        print(stop_server())
+        return 0
+    status = server_status()
+    print(f"database server: {status.detail}")
+    if status.clients is not None:
+        print(f"client connections: {status.clients}")
     return 0
 
 
@@ -254,9 +320,24 @@ def cmd_analyze(args) -> int:
     from curation.datasets import load_dataset
     from tqdm import tqdm
 
+    if args.engine == "ray":
+        if args.patches or args.predictions:
+            raise CommandError("--patches runs in-process only: leave out --engine ray")
+        from curation.ray_engine import import_ray
+
+        import_ray()  # before loading anything: says which extra to install
+    elif args.address is not None:
+        raise CommandError("--address applies to --engine ray")
     dataset = load_dataset(args.dataset)
     if args.patches or args.predictions:
         return _analyze_objects(dataset, args)
+    if args.engine == "ray":
+        from curation.ray_engine import cache_neighbors_with_ray
+
+        graph = cache_neighbors_with_ray(dataset, field=args.field, address=args.address)
+        if graph is not None:
+            print(f"neighbour graph: {len(graph)} samples, k={graph.k}, {graph.method} via {graph.backend}",
+                  file=sys.stderr)
     finders = None
     if args.finders is not None:
         finders = list(_names(args.finders))
@@ -685,6 +766,13 @@ def build_parser() -> argparse.ArgumentParser:
                            help="with --patches: margin around each box, a fraction of its size per side (default 0.1)")
     embedding.add_argument("--min-side", type=_whole_number(1),
                            help="with --patches: skip boxes under this many pixels a side (default 2)")
+    embedding.add_argument("--engine", choices=("local", "ray"), default="local",
+                           help="local: in this process (default); ray: a pool of model actors on a Ray cluster "
+                                "(needs `pip install 'curation[ray]'`; see docs/ray.md)")
+    embedding.add_argument("--address", help="with --engine ray: the cluster's head (host:port, auto, ray://...); "
+                                             "default: RAY_ADDRESS, a cluster started here, else a local one")
+    embedding.add_argument("--actors", type=_whole_number(1),
+                           help="with --engine ray: model actors (default: one per GPU, else one per 4 CPUs)")
     # No --model given: None, so --patches can default to the model the dataset already uses.
     embedding.set_defaults(handler=cmd_embed, model=None)
 
@@ -722,6 +810,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "images (wrong classes, duplicate boxes, ...)")
     analyzing.add_argument("--predictions", metavar="FIELD", help="with --patches: a model's Detections, for missing, "
                                                                   "spurious and badly located boxes")
+    analyzing.add_argument("--engine", choices=("local", "ray"), default="local",
+                           help="ray: build the neighbour graph in blocks on a Ray cluster, then run the finders "
+                                "here on it (needs `pip install 'curation[ray]'`; see docs/ray.md)")
+    analyzing.add_argument("--address", help="with --engine ray: the cluster's head (host:port, auto, ray://...)")
     analyzing.set_defaults(handler=cmd_analyze)
 
     finding = commands.add_parser("findings", help="write the per-sample findings as CSV")
@@ -811,6 +903,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="check that FiftyOne's database is usable")
     doctor.set_defaults(handler=cmd_doctor)
+
+    server = commands.add_parser("db", help="the database server kept between commands: status, stop")
+    server.add_argument("action", choices=("status", "stop"))
+    server.set_defaults(handler=cmd_db)
     # Command groups that live in their own modules (imported here: they import this one).
     from curation.cli_annotators import register as register_annotators
     from curation.cli_audit import register as register_audit
@@ -824,11 +920,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that do not start the kept database server (curation.db_server): `db` manages it,
+# `doctor` checks the bundled mongod itself.
+_NO_KEPT_SERVER = {"db", "doctor"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command not in _NO_KEPT_SERVER:
+            from curation.db_server import ensure_server
+
+            ensure_server()  # before fiftyone connects: it then attaches to the kept service in milliseconds
         return args.handler(args)
     except (CurationError, OSError) as error:
         print(f"curation {args.command}: error: {_one_line(error)}", file=sys.stderr)

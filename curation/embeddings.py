@@ -224,6 +224,16 @@ def resolve_embedder(model: str | ModelSpec | None, checkpoint: str | None, embe
     return spec, embedder
 
 
+def pending_samples(dataset, root, field_name: str, error_field: str, retry_failed: bool) -> tuple[list[str], list[str]]:
+    """``(ids, filepaths)`` of the samples an embedding run still has to do: no vector yet,
+    and (unless ``retry_failed``) no recorded failure. The rule of every engine."""
+    pending = dataset.exists(field_name, False)
+    if root.has_sample_field(error_field) and not retry_failed:
+        pending = pending.exists(error_field, False)
+    ids, filepaths = pending.values(["id", "filepath"])
+    return ids, filepaths
+
+
 def compute_embeddings(
     dataset,
     *,
@@ -282,10 +292,7 @@ def compute_embeddings(
     field_name, error_field = used.field_name, f"{used.field_name}_error"
     root = dataset._root_dataset if hasattr(dataset, "_root_dataset") else dataset
 
-    pending = dataset.exists(field_name, False)
-    if root.has_sample_field(error_field) and not retry_failed:
-        pending = pending.exists(error_field, False)
-    ids, filepaths = pending.values(["id", "filepath"])
+    ids, filepaths = pending_samples(dataset, root, field_name, error_field, retry_failed)
     size, crop, flip, input_reason = _choose_input(root, dataset, field_name, embedder, image_size, flip_tta, filepaths)
     embedder = embedder.with_input(image_size=size, crop=crop, flip_tta=flip)
     run = EmbeddingRun(field_name, used.name, spec.name, embedder.fallback_reason, embedder.device,
