@@ -17,11 +17,16 @@ from curation.errors import CurationInputError
 def unchecked_mislabel_reasons(dataset) -> dict[str, int]:
     """Why labelled samples have no mislabel score (a class with one sample, a broken
     vector...): ``{reason: count}``, from the committed mislabel run only."""
+    from fiftyone import ViewField as F
+
     from curation.analysis import current_values
 
     if not dataset.has_sample_field("mislabel_reason"):
         return {}
-    values = current_values(dataset, ["mislabel_score", "mislabel_reason"])
+    # Only the unchecked samples leave the database (a page rerun must not read every sample).
+    unchecked = (dataset.exists("mislabel_score", False).exists("mislabel_reason")
+                 .match(F("mislabel_reason").starts_with("cannot be checked: ")))
+    values = current_values(unchecked, ["mislabel_score", "mislabel_reason"])
     counts: dict[str, int] = {}
     for score, reason in zip(values["mislabel_score"], values["mislabel_reason"]):
         if score is None and isinstance(reason, str) and reason.startswith("cannot be checked: "):

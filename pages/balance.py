@@ -3,19 +3,17 @@
 import pandas as pd
 import streamlit as st
 
-from curation.balance import compute_balance
 from curation.finders.base import FinderInputError
 from curation.plots import class_count_bar, cluster_mix_bar, confusion_heatmap
-from pages.common import finder_context, open_page
+from pages.common import balance_report, open_page
 
 dataset, field = open_page("Balance & coverage")
 controls = st.columns(2)
 min_share = controls[0].slider("Flag classes below this share", 0.0, 0.5, 0.05, 0.01, format="%.2f", key="bal_min_share")
 n_clusters = controls[1].number_input("Regions (k-means clusters)", 2, 50, 10, key="bal_clusters")
-context = finder_context(dataset.name, field, st.session_state["label_field"], dataset.exists(field).count())
 try:
-    with st.spinner("Cross-validating a classifier on the embeddings…"):
-        report = compute_balance(context, min_share=float(min_share), n_clusters=int(n_clusters))
+    report = balance_report(dataset.name, field, st.session_state["label_field"], dataset.exists(field).count(),
+                            float(min_share), int(n_clusters))
 except FinderInputError as error:
     st.info(str(error))
     st.stop()

@@ -222,6 +222,16 @@ def map_points(name: str, field: str, label_field: str | None, config: Projectio
     return mapview.with_attributes(ds.load_dataset(name), coordinates, label_field)
 
 
+@st.cache_data(show_spinner="Reading the findings…", max_entries=4)
+def findings(name: str, committed: str, data_version: int) -> pd.DataFrame:
+    """The findings table (one row per sample), read again when an analysis run is committed
+    (``committed``: the committed run ids, read from the database on each rerun) or this
+    session writes; not on every rerun."""
+    from curation.analysis import findings_table
+
+    return findings_table(ds.load_dataset(name))
+
+
 @st.cache_data(show_spinner="Clustering…", max_entries=16)
 def clusters(name: str, field: str, config: ClusterConfig, embedded_count: int) -> pd.Series:
     return mapview.cluster_labels(ds.load_dataset(name), field, config)
@@ -251,6 +261,17 @@ def finder_context(name: str, field: str, label_field: str | None, embedded_coun
     from curation.analysis import build_context
 
     return build_context(ds.load_dataset(name), field=field, label_field=label_field)
+
+
+@st.cache_data(show_spinner="Cross-validating a classifier on the embeddings…", max_entries=8)
+def balance_report(name: str, field: str, label_field: str | None, embedded_count: int, min_share: float,
+                   n_clusters: int):
+    """:func:`curation.balance.compute_balance` on :func:`finder_context`, kept per setting (a
+    rerun does not cross-validate again); keyed as the context is."""
+    from curation.balance import compute_balance
+
+    context = finder_context(name, field, label_field, embedded_count)
+    return compute_balance(context, min_share=min_share, n_clusters=n_clusters)
 
 
 def open_page(title: str, *, needs_embeddings: bool = True):

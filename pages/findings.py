@@ -2,11 +2,11 @@
 
 import streamlit as st
 
-from curation.analysis import analysis_record, analyze, findings_columns, findings_table
+from curation.analysis import analysis_record, analyze, committed_runs, findings_columns
 from curation.finders import finder_specs
 from curation.finders.image_quality import images_by_issue
 from curation.images import thumbnail_path
-from pages.common import USER_ERRORS, bump_data_version, open_page, show_error
+from pages.common import USER_ERRORS, bump_data_version, findings, open_page, show_error
 
 dataset, field = open_page("Findings")
 
@@ -55,10 +55,11 @@ if issues:
     if len(issues[issue]) > 24:
         st.caption(f"… and {len(issues[issue]) - 24:,} more; filter on `image_issue` in the FiftyOne App or the CSV below.")
 
-table = findings_table(dataset)
+table = findings(dataset.name, repr(sorted((committed_runs(dataset) or {}).items())), st.session_state["data_version"])
 sort_by = st.selectbox("Sort by", [c for c in findings_columns() if c.endswith("_score") or c.endswith("_similarity")],
                        key="findings_sort")
 st.dataframe(table.sort_values(sort_by, ascending=False, na_position="last").head(500), hide_index=True,
              column_config={"filepath": st.column_config.TextColumn(width="medium")})
-st.download_button("Download findings CSV", table.to_csv(index=False).encode(), file_name=f"{dataset.name}-findings.csv",
+st.download_button("Download findings CSV", lambda: table.to_csv(index=False).encode(),  # written on click only
+                   file_name=f"{dataset.name}-findings.csv",
                    mime="text/csv")

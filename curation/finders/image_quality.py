@@ -358,10 +358,16 @@ def images_by_issue(dataset) -> dict[str, pd.DataFrame]:
     """The flagged images of the committed ``image_quality`` run, per issue type (in
     :data:`ISSUES` order, only types that occur): ``id``, ``filepath``, ``image_issue_reason``,
     ``image_quality_score``, worst first. For the per-issue galleries of the Findings page."""
+    from fiftyone import ViewField as F
+
     from curation.analysis import current_values
 
-    values = current_values(dataset, ["image_issue", "image_issue_reason", "image_quality_score"])
-    ids, paths = dataset.values(["id", "filepath"])
+    if not dataset.has_sample_field("image_issue"):
+        return {}
+    # Only the flagged samples leave the database (a page rerun must not read every sample).
+    flagged = dataset.exists("image_issue").match(F("image_issue") != "")
+    values = current_values(flagged, ["image_issue", "image_issue_reason", "image_quality_score"])
+    ids, paths = flagged.values(["id", "filepath"])
     table = pd.DataFrame({"id": ids, "filepath": paths, **values})
     table = table[table["image_issue"].fillna("") != ""]
     groups = {}
