@@ -50,29 +50,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_neighbors import clustered_with_labels  # noqa: E402
 from memory import peak_rss_mib  # noqa: E402
-
-
-def clustered_with_labels(count: int, dim: int = 512, clusters: int = 1000, rank: int = 16,
-                          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``bench_neighbors.clustered_embeddings`` plus each row's cluster."""
-    rng = np.random.default_rng(seed)
-    shared = rng.standard_normal(dim, dtype=np.float32)
-    centers = rng.standard_normal((clusters, dim), dtype=np.float32)
-    bases = rng.standard_normal((clusters, rank, dim), dtype=np.float32) * np.float32(0.5 / np.sqrt(rank))
-    out = np.empty((count, dim), dtype=np.float32)
-    cluster = np.empty(count, dtype=np.int64)
-    step = 4096
-    for start in range(0, count, step):
-        size = min(step, count - start)
-        labels = rng.integers(0, clusters, size)
-        spread = rng.standard_normal((size, 1, rank), dtype=np.float32)
-        block = shared + centers[labels] + np.matmul(spread, bases[labels])[:, 0]
-        block += np.float32(0.1) * rng.standard_normal((size, dim), dtype=np.float32)
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        out[start:start + size] = block
-        cluster[start:start + size] = labels
-    return out, cluster
 
 
 def trust(points: np.ndarray, coords: np.ndarray, rows: np.ndarray) -> float:

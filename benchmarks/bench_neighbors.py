@@ -55,8 +55,10 @@ LIBRARY_METHODS = ("exact", "approx", "auto")
 ALL_METHODS = LIBRARY_METHODS + ("sklearn", "faiss-ivf", "pynndescent")
 
 
-def clustered_embeddings(count: int, dim: int = 512, clusters: int = 1000, rank: int = 16, seed: int = 0) -> np.ndarray:
-    """(count, dim) float32 unit rows in Gaussian clusters with a low-rank spread.
+def clustered_with_labels(count: int, dim: int = 512, clusters: int = 1000, rank: int = 16,
+                          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(count, dim) float32 unit rows in Gaussian clusters with a low-rank spread, and each
+    row's cluster.
 
     Isotropic clusters in 512-d would make every in-cluster pair equally far apart (no
     meaningful nearest neighbour); real embeddings vary along few directions per concept.
@@ -66,6 +68,7 @@ def clustered_embeddings(count: int, dim: int = 512, clusters: int = 1000, rank:
     centers = rng.standard_normal((clusters, dim), dtype=np.float32)
     bases = rng.standard_normal((clusters, rank, dim), dtype=np.float32) * np.float32(0.5 / np.sqrt(rank))
     out = np.empty((count, dim), dtype=np.float32)
+    cluster = np.empty(count, dtype=np.int64)
     step = 4096  # bases[labels] is step x rank x dim floats
     for start in range(0, count, step):
         size = min(step, count - start)
@@ -75,7 +78,13 @@ def clustered_embeddings(count: int, dim: int = 512, clusters: int = 1000, rank:
         block += np.float32(0.1) * rng.standard_normal((size, dim), dtype=np.float32)
         block /= np.linalg.norm(block, axis=1, keepdims=True)
         out[start:start + size] = block
-    return out
+        cluster[start:start + size] = labels
+    return out, cluster
+
+
+def clustered_embeddings(count: int, dim: int = 512, clusters: int = 1000, rank: int = 16, seed: int = 0) -> np.ndarray:
+    """The rows of :func:`clustered_with_labels` alone."""
+    return clustered_with_labels(count, dim, clusters, rank, seed)[0]
 
 
 def fashion_mnist_pixels() -> np.ndarray:

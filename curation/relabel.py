@@ -1215,15 +1215,21 @@ def _parse_cvat(label: str, content: bytes, *, boxes: bool = False) -> _CvatStre
     return stream
 
 
-def _read_cvat(label: str, content: bytes, problems: _Problems) -> list[_Annotation]:
-    stream = _parse_cvat(label, content)
-    user = stream.user()
-    annotations = []
+def _named_images(stream: _CvatStream, problems: _Problems):
+    """``(image, item)`` for each <image> of the file; one without a name is a problem, skipped."""
     for image in stream.images:
         item = f"<image id={_short_text(image.id, 40)} name={_shown(image.name)}>"
         if not image.name:
             problems.add(item, "no image name", "expected a name attribute, found none")
             continue
+        yield image, item
+
+
+def _read_cvat(label: str, content: bytes, problems: _Problems) -> list[_Annotation]:
+    stream = _parse_cvat(label, content)
+    user = stream.user()
+    annotations = []
+    for image, item in _named_images(stream, problems):
         if not image.n_tags:
             found = (f" (found {', '.join('<' + _short_text(tag, 40) + '>' for tag in sorted(image.others))}; only "
                      f"image-level <tag> is read)") if image.others else ""
@@ -1481,11 +1487,7 @@ def _read_cvat_boxes(label: str, content: bytes, problems: _Problems) -> list[_B
     stream = _parse_cvat(label, content, boxes=True)
     user = stream.user()
     annotations = []
-    for image in stream.images:
-        item = f"<image id={_short_text(image.id, 40)} name={_shown(image.name)}>"
-        if not image.name:
-            problems.add(item, "no image name", "expected a name attribute, found none")
-            continue
+    for image, item in _named_images(stream, problems):
         width, height = _number(image.width), _number(image.height)
         if width is None or height is None or not (math.isfinite(width) and math.isfinite(height)) \
                 or width <= 0 or height <= 0:
